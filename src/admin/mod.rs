@@ -1,0 +1,118 @@
+//! The admin listener: metrics, health, readiness (and, later, the revocation
+//! API and the decision trace). It is a separate listener so that it can stay
+//! on a private address.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::{full, Body};
+use crate::pipeline::Runtime;
+
+pub struct AdminState {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub draining: AtomicBool,
+}
+
+impl AdminState {
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}
+
+/// Readiness and its reasons: (ready, reasons for not ready, degraded dependencies).
+pub fn readiness(state: &AdminState) -> (bool, Vec<String>, Vec<String>) {
+    let rt = state.runtime.load();
+    let mut reasons = Vec::new();
+    let mut degraded = Vec::new();
+    if state.draining.load(Ordering::Acquire) {
+        reasons.push("draining".to_string());
+    }
+    let issuers = &rt.verifier.issuers;
+    for i in issuers {
+        if !i.loaded_once() {
+            let why = i.last_error().unwrap_or_else(|| "not loaded yet".into());
+            reasons.push(format!("issuer {}: keys never loaded: {why}", i.id()));
+        } else if !i.has_keys() {
+            degraded.push(format!("issuer {}: no usable keys", i.id()));
+        }
+    }
+    if !issuers.is_empty() && !issuers.iter().any(|i| i.has_keys()) {
+        reasons.push("no issuer has usable keys".to_string());
+    }
+    (reasons.is_empty(), reasons, degraded)
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let rt = state.runtime.load();
+            let mut r = Response::new(full(rt.metrics.render()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => {
+            let (ready, reasons, degraded) = readiness(&state);
+            if ready {
+                json_response(StatusCode::OK, json!({"status": "ready", "degraded": degraded}))
+            } else {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"status": "not_ready", "reasons": reasons, "degraded": degraded}),
+                )
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/readyz") => {
+            let mut r = json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed"}),
+            );
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+            r
+        }
+        _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+    };
+    Ok(resp)
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| route(state.clone(), req));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .http1_only()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,9 @@
+//! Authentication: where the token comes from, the keys it is checked against,
+//! the checks themselves, and what each route requires of the result.
+
+pub mod fetch;
+pub mod jwks;
+pub mod keys;
+pub mod policy;
+pub mod token;
+pub mod verify;

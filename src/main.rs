@@ -1,0 +1,313 @@
+//! The command line. Everything it does is in the library; this file parses
+//! arguments, sets up logging and the runtime, and maps outcomes to exit codes
+//! (0 ok, 2 bad configuration or usage, 1 runtime failure).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use clap::{Parser, Subcommand};
+use portcullis::config::{self, Config};
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "An authenticating reverse-proxy gateway: TLS in, JWT verified, identity forwarded.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given configuration.
+    Run {
+        /// Defaults to $PORTCULLIS_CONFIG, then config/portcullis.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and every file it names.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// A real gateway with a demo issuer and an echo upstream, and curl commands to try.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: SocketAddr,
+        /// Where the self-signed certificate is written.
+        #[arg(long, default_value = "certs")]
+        certs: PathBuf,
+    },
+    /// Tokens for testing.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Write a private key (PEM) and its public JWKS.
+    Keygen {
+        /// RS256, PS256, ES256, ES384 or EdDSA.
+        #[arg(long)]
+        alg: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Sign a token.
+    Mint {
+        /// PEM private key, or a raw secret with --alg HS256/HS384/HS512.
+        #[arg(long)]
+        key: PathBuf,
+        /// Defaults from the key type (RS256 for RSA).
+        #[arg(long)]
+        alg: Option<String>,
+        /// Defaults to the key's RFC 7638 thumbprint (what keygen writes as kid).
+        #[arg(long)]
+        kid: Option<String>,
+        #[arg(long)]
+        iss: String,
+        #[arg(long)]
+        aud: String,
+        #[arg(long)]
+        sub: String,
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// Extra claim, name=value (value parsed as JSON when it is JSON).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_writer(std::io::stdout)
+        .try_init();
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
+fn main() -> ExitCode {
+    portcullis::install_crypto_providers();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(config),
+        Command::Run { config } => run(config),
+        Command::Demo { listen, admin_listen, certs } => demo(listen, admin_listen, certs),
+        Command::Keygen { alg, out } => keygen(&alg, &out),
+        Command::Token { command: TokenCommand::Mint { key, alg, kid, iss, aud, sub, ttl, claims } } => {
+            mint(key, alg, kid, iss, aud, sub, ttl, claims)
+        }
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let path = path.unwrap_or_else(config::default_path);
+    Config::load(&path).map_err(|problems| {
+        for p in &problems.0 {
+            eprintln!("{p}");
+        }
+        eprintln!(
+            "{}: {} problem{}",
+            path.display(),
+            problems.0.len(),
+            if problems.0.len() == 1 { "" } else { "s" }
+        );
+        ExitCode::from(2)
+    })
+}
+
+fn check(path: Option<PathBuf>) -> ExitCode {
+    match load(path) {
+        Ok(c) => {
+            println!("{}: ok", c.file.display());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(path: Option<PathBuf>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging();
+    let rt = match runtime(config.server.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let gw = match portcullis::Gateway::start(config).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        wait_for_stop().await;
+        tracing::info!("stopping: draining in-flight requests");
+        gw.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn demo(listen: SocketAddr, admin: SocketAddr, certs: PathBuf) -> ExitCode {
+    init_logging();
+    let rt = match runtime(0) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let d = match portcullis::demo::start(listen, admin, &certs).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("demo: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        println!("{}", portcullis::demo::instructions(&d));
+        wait_for_stop().await;
+        d.gateway.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn keygen(alg: &str, out: &std::path::Path) -> ExitCode {
+    use portcullis::cli::jwk::{generate, public_jwk, KEYGEN_ALGS};
+    let Some(alg) = KEYGEN_ALGS
+        .iter()
+        .find(|a| **a == alg)
+        .and_then(|a| jsonwebtoken::Algorithm::from_str(a).ok())
+    else {
+        eprintln!("keygen: --alg must be one of {}", KEYGEN_ALGS.join(", "));
+        return ExitCode::from(2);
+    };
+    let result = (|| -> Result<(PathBuf, PathBuf), String> {
+        std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        let key_path = out.join("private.pem");
+        let jwks_path = out.join("jwks.json");
+        if key_path.exists() {
+            return Err(format!("{} exists; refusing to overwrite a private key", key_path.display()));
+        }
+        let key = generate(alg)?;
+        let jwk = public_jwk(&key, alg)?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        let jwks = serde_json::to_string_pretty(&serde_json::json!({ "keys": [jwk] })).map_err(|e| e.to_string())?;
+        std::fs::write(&jwks_path, jwks + "\n").map_err(|e| format!("cannot write {}: {e}", jwks_path.display()))?;
+        Ok((key_path, jwks_path))
+    })();
+    match result {
+        Ok((k, j)) => {
+            println!("wrote {} (private, keep it secret) and {} (public)", k.display(), j.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keygen: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mint(
+    key: PathBuf,
+    alg: Option<String>,
+    kid: Option<String>,
+    iss: String,
+    aud: String,
+    sub: String,
+    ttl: String,
+    extra: Vec<String>,
+) -> ExitCode {
+    use portcullis::cli::mint::{claims, parse_claim, Signer};
+    let result = (|| -> Result<String, (u8, String)> {
+        let usage = |e: String| (2u8, e);
+        let alg = alg
+            .map(|a| jsonwebtoken::Algorithm::from_str(&a).map_err(|_| usage(format!("--alg {a}: unknown algorithm"))))
+            .transpose()?;
+        let ttl = config::parse_duration(&ttl).map_err(|e| usage(format!("--ttl: {e}")))?;
+        let signer = match alg {
+            Some(a @ (jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512)) => {
+                let secret = config::read_secret(&key).map_err(|e| (1, e))?;
+                Signer::from_secret(&secret, a, kid)
+            }
+            _ => {
+                let pem = std::fs::read_to_string(&key).map_err(|e| (1, format!("cannot read {}: {e}", key.display())))?;
+                Signer::from_pem(&pem, alg, kid)
+            }
+        }
+        .map_err(|e| (1, e))?;
+        let mut c = claims(&iss, &aud, &sub, ttl.as_secs() as i64);
+        for kv in &extra {
+            let (k, v) = parse_claim(kv).map_err(usage)?;
+            c.insert(k, v);
+        }
+        signer.sign(&c).map_err(|e| (1, e))
+    })();
+    match result {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err((code, e)) => {
+            eprintln!("token mint: {e}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! One request, top to bottom. Every request walks the same phases in order:
+//!
+//! ```text
+//! normalize (request id, host, path) -> route -> extract token -> verify
+//!   -> revocation -> binding -> route policy -> rewrite headers -> forward
+//!   -> log + metrics
+//! ```
+//!
+//! A phase that refuses returns a [`Denial`]; [`handle`] turns it into the
+//! response, the metrics and the log line in one place. What a phase learns for
+//! later ones (route, verified identity, timings) travels in [`Ctx`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::access_log::{rfc3339_now, AccessLine, AccessLog, AuthFields};
+use crate::auth::token::{self, Presented, TokenSource};
+use crate::auth::verify::{Verified, Verifier};
+use crate::auth::policy;
+use crate::body::{self, Body};
+use crate::config::{AuthMode, Config};
+use crate::denial::Denial;
+use crate::metrics::{method_label, Metrics};
+use crate::proxy::forward::{forward, ForwardError};
+use crate::proxy::headers::{remove_hop_by_hop, IdentityPlan};
+use crate::proxy::upstream::Upstreams;
+use crate::route::{path_is_unsafe, Route, RouteMatch, RouteTable};
+
+/// The hot state requests read: built from one configuration, swapped whole on reload.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub routes: RouteTable,
+    pub verifier: Arc<Verifier>,
+    pub upstreams: Upstreams,
+    pub identity: IdentityPlan,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+}
+
+/// What the gateway knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+    pub listener: String,
+    /// SHA-256 of the client certificate (DER), base64url, when mTLS presented one.
+    pub client_cert_sha256: Option<String>,
+}
+
+/// What a request's phases learned, for the later phases and the log line.
+struct Ctx {
+    request_id: HeaderValue,
+    method: Method,
+    host: String,
+    path_for_log: String,
+    route: Option<Arc<Route>>,
+    auth: AuthFields,
+    issuer_label: String,
+    upstream_ms: Option<f64>,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static DPOP: HeaderName = HeaderName::from_static("dpop");
+
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if (1..=128).contains(&b.len())
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+        {
+            return v.clone();
+        }
+    }
+    HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The host as the client sent it (`:authority` or `Host`), port included.
+fn client_host(req: &Request<Incoming>) -> Result<Option<String>, Denial> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let header_host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Denial::BadHost);
+    }
+    let header_host = header_host
+        .map(|h| h.to_str().map_err(|_| Denial::BadHost))
+        .transpose()?;
+    let authority = req.uri().authority().map(|a| a.as_str());
+    match (authority, header_host) {
+        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => Err(Denial::BadHost),
+        (Some(a), _) => Ok(Some(a.to_string())),
+        (None, Some(h)) => Ok(Some(h.to_string())),
+        (None, None) if req.version() == http::Version::HTTP_10 => Ok(None),
+        (None, None) => Err(Denial::BadHost),
+    }
+}
+
+/// The host for routing: lower case, without port.
+fn route_host(host: &str) -> String {
+    let h = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Entry point for every request on a gateway listener.
+pub async fn handle(
+    rt: Arc<Runtime>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let mut ctx = Ctx {
+        request_id: request_id(req.headers()),
+        method: req.method().clone(),
+        host: String::new(),
+        path_for_log: path_for_log(&req, rt.config.token.query),
+        route: None,
+        auth: AuthFields {
+            result: "none",
+            ..Default::default()
+        },
+        issuer_label: "unknown".into(),
+        upstream_ms: None,
+    };
+    let outcome = std::panic::AssertUnwindSafe(phases(&rt, &conn, req, &mut ctx))
+        .catch_unwind()
+        .await;
+    let mut resp = match outcome {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(denial)) => {
+            if let Some(result) = denial.auth_result() {
+                ctx.auth.result = result;
+                rt.metrics
+                    .auth_decisions_total
+                    .with_label_values(&[ctx.issuer_label.as_str(), result])
+                    .inc();
+            }
+            denial.into_response(ctx.request_id.to_str().unwrap_or("-"))
+        }
+        Err(_) => {
+            rt.metrics.panics_total.inc();
+            tracing::error!(request_id = ?ctx.request_id, "request handler panicked");
+            let mut r = Response::new(body::full(r#"{"error":"internal_error","error_description":"internal error"}"#));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }
+    };
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    let elapsed = started.elapsed();
+    let route_label = ctx.route.as_ref().map_or("none", |r| r.id.as_str());
+    let status = resp.status();
+    rt.metrics
+        .requests_total
+        .with_label_values(&[route_label, method_label(&ctx.method), status.as_str()])
+        .inc();
+    rt.metrics
+        .request_duration_seconds
+        .with_label_values(&[route_label])
+        .observe(elapsed.as_secs_f64());
+    rt.access_log.write(&AccessLine {
+        ts: rfc3339_now(),
+        level: "INFO",
+        msg: "access",
+        request_id: ctx.request_id.to_str().unwrap_or("-").to_string(),
+        remote: conn.remote.to_string(),
+        method: ctx.method.to_string(),
+        host: ctx.host,
+        path: ctx.path_for_log,
+        route: ctx.route.as_ref().map(|r| r.id.clone()),
+        upstream: ctx.route.as_ref().map(|r| r.upstream.clone()),
+        status: status.as_u16(),
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        upstream_ms: ctx.upstream_ms,
+        auth: ctx.auth,
+    });
+    Ok(resp)
+}
+
+fn path_for_log(req: &Request<Incoming>, strip_token: bool) -> String {
+    let path = req.uri().path();
+    match req.uri().query() {
+        Some(q) if strip_token || q.contains("access_token") => {
+            let q = token::strip_access_token(q);
+            if q.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{q}")
+            }
+        }
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    }
+}
+
+async fn phases(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    ctx: &mut Ctx,
+) -> Result<Response<Body>, Denial> {
+    // Normalize: host and path are settled before anything looks at them.
+    let host = client_host(&req)?;
+    ctx.host = host.clone().unwrap_or_default();
+    if path_is_unsafe(req.uri().path()) {
+        return Err(Denial::BadPath);
+    }
+
+    // Route.
+    let route = match rt
+        .routes
+        .lookup(&route_host(&ctx.host), req.uri().path(), req.method())
+    {
+        RouteMatch::Found(r) => r.clone(),
+        RouteMatch::MethodNotAllowed(allow) => return Err(Denial::MethodNotAllowed(allow)),
+        RouteMatch::NoRoute => return Err(Denial::NoRoute),
+    };
+    ctx.route = Some(route.clone());
+
+    // Authenticate.
+    let presented = if route.auth == AuthMode::Public {
+        None
+    } else {
+        authenticate(rt, conn, &req, &route, ctx).await?
+    };
+
+    // Rewrite.
+    let verified = presented.as_ref().map(|(_, v)| v.clone());
+    let pq = rewrite(rt, conn, &mut req, &route, presented.as_ref().map(|(p, _)| p), verified.as_deref(), host.as_deref(), ctx)?;
+
+    // Forward.
+    let upstream = rt
+        .upstreams
+        .get(&route.upstream)
+        .ok_or(Denial::NoHealthyEndpoint)?;
+    let sent = Instant::now();
+    let result = forward(upstream, req, pq).await;
+    let took = sent.elapsed();
+    ctx.upstream_ms = Some(took.as_secs_f64() * 1000.0);
+    let m = &rt.metrics;
+    match result {
+        Ok(resp) => {
+            m.upstream_requests_total
+                .with_label_values(&[upstream.name.as_str(), resp.status().as_str()])
+                .inc();
+            m.upstream_duration_seconds
+                .with_label_values(&[upstream.name.as_str()])
+                .observe(took.as_secs_f64());
+            let (mut parts, incoming) = resp.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, body::stream(incoming)))
+        }
+        Err(e) => {
+            m.upstream_errors_total
+                .with_label_values(&[upstream.name.as_str(), e.kind()])
+                .inc();
+            Err(match e {
+                ForwardError::Timeout => Denial::UpstreamTimeout,
+                ForwardError::NoEndpoint => Denial::NoHealthyEndpoint,
+                ForwardError::Connect | ForwardError::Reset => Denial::UpstreamFailed,
+            })
+        }
+    }
+}
+
+const UNSAFE_METHODS: &[Method] = &[Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
+
+/// Extract, verify, revocation, binding, policy. `Ok(None)`: an optional route
+/// without a token.
+async fn authenticate(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
+    route: &Route,
+    ctx: &mut Ctx,
+) -> Result<Option<(Presented, Arc<Verified>)>, Denial> {
+    let cfg = &rt.config.token;
+    let presented = token::extract(req.headers(), req.uri(), cfg)?;
+    let Some(presented) = presented else {
+        return match route.auth {
+            AuthMode::Optional => Ok(None),
+            _ => Err(Denial::Missing),
+        };
+    };
+    rt.metrics.token_bytes.observe(presented.token.len() as f64);
+    if presented.token.len() > cfg.max_bytes {
+        return Err(Denial::Malformed("token is larger than this gateway accepts"));
+    }
+    if presented.source == TokenSource::Cookie && UNSAFE_METHODS.contains(req.method()) {
+        csrf_check(req.headers(), &cfg.csrf_origins)?;
+    }
+    let started = Instant::now();
+    let result = rt.verifier.verify(&presented.token).await;
+    rt.metrics
+        .auth_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let verified = match result {
+        Ok((v, _cached)) => v,
+        Err(f) => {
+            ctx.issuer_label = rt.verifier.issuer_id(f.issuer).to_string();
+            ctx.auth.iss = f.issuer.map(|i| rt.verifier.issuers[i].config.issuer.clone());
+            ctx.auth.kid = f.kid;
+            ctx.auth.alg = f.alg;
+            return Err(f.denial);
+        }
+    };
+    let issuer_id = rt.verifier.issuer_id(Some(verified.issuer)).to_string();
+    ctx.issuer_label = issuer_id.clone();
+    ctx.auth.iss = verified.claim_str("iss").map(str::to_string);
+    ctx.auth.sub = verified.claim_str("sub").map(str::to_string);
+    ctx.auth.kid = verified.kid.clone();
+    ctx.auth.alg = Some(format!("{:?}", verified.alg));
+
+    binding_check(conn, &presented, &verified, route)?;
+    policy::check(route, &verified, &issuer_id)?;
+
+    ctx.auth.result = "allowed";
+    rt.metrics
+        .auth_decisions_total
+        .with_label_values(&[issuer_id.as_str(), "allowed"])
+        .inc();
+    Ok(Some((presented, verified)))
+}
+
+/// A cookie token on an unsafe method needs an allowed `Origin` (or `Referer`).
+fn csrf_check(headers: &http::HeaderMap, allowed: &[String]) -> Result<(), Denial> {
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            let r = headers.get(header::REFERER)?.to_str().ok()?;
+            let uri: http::Uri = r.parse().ok()?;
+            Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?))
+        });
+    match origin {
+        Some(o) if allowed.iter().any(|a| a.eq_ignore_ascii_case(&o)) => Ok(()),
+        _ => Err(Denial::Csrf),
+    }
+}
+
+/// Sender-constrained tokens (RFC 8705 certificate binding; RFC 9449 DPoP).
+fn binding_check(
+    conn: &ConnInfo,
+    presented: &Presented,
+    v: &Verified,
+    route: &Route,
+) -> Result<(), Denial> {
+    let cnf = v.claims.get("cnf").and_then(|c| c.as_object());
+    let jkt = cnf.and_then(|c| c.get("jkt"));
+    let x5t = cnf.and_then(|c| c.get("x5t#S256")).and_then(|x| x.as_str());
+    if jkt.is_some() {
+        if !presented.dpop_scheme {
+            return Err(Denial::BindingFailed("DPoP-bound token presented as a bearer token"));
+        }
+        return Err(Denial::BindingFailed("DPoP proofs are not accepted by this gateway yet"));
+    }
+    if let Some(x5t) = x5t {
+        return match &conn.client_cert_sha256 {
+            Some(have) if have == x5t => Ok(()),
+            Some(_) => Err(Denial::BindingFailed("client certificate does not match the token")),
+            None => Err(Denial::BindingFailed("token is bound to a client certificate that was not presented")),
+        };
+    }
+    if presented.dpop_scheme {
+        return Err(Denial::BindingFailed("DPoP scheme used with a token that is not DPoP-bound"));
+    }
+    if route.require_bound_token {
+        return Err(Denial::BindingFailed("this route requires a sender-constrained token"));
+    }
+    Ok(())
+}
+
+/// Hop-by-hop out, client identity out, verified identity and forwarding headers in.
+#[allow(clippy::too_many_arguments)]
+fn rewrite(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    req: &mut Request<Incoming>,
+    route: &Route,
+    presented: Option<&Presented>,
+    verified: Option<&Verified>,
+    host: Option<&str>,
+    ctx: &Ctx,
+) -> Result<PathAndQuery, Denial> {
+    let trusted = rt
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(conn.remote.ip()));
+    let headers = req.headers_mut();
+    remove_hop_by_hop(headers);
+    let prior_xff: Option<String> = if trusted {
+        let parts: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    } else {
+        None
+    };
+    rt.identity.strip_client_identity(headers);
+    if !route.forward_authorization {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(&DPOP);
+        if let (Some(p), Some(name)) = (presented, &rt.config.token.cookie) {
+            if p.source == TokenSource::Cookie {
+                strip_cookie(headers, name);
+            }
+        }
+    }
+    if let Some(v) = verified {
+        rt.identity.add_identity(headers, &v.claims, presented.and_then(|p| p.token.split('.').nth(1)));
+    }
+    let ip = crate::config::canonical(conn.remote.ip()).to_string();
+    let xff = match prior_xff {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, h);
+        }
+    }
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+
+    let uri = req.uri();
+    let pq = match uri.query() {
+        Some(q) if rt.config.token.query => {
+            let q = token::strip_access_token(q);
+            if q.is_empty() {
+                uri.path().to_string()
+            } else {
+                format!("{}?{q}", uri.path())
+            }
+        }
+        _ => uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+    };
+    PathAndQuery::try_from(pq).map_err(|_| Denial::BadPath)
+}
+
+fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && p.split_once('=').map_or(*p, |(k, _)| k.trim()) != name)
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_host_drops_port_and_case() {
+        assert_eq!(route_host("API.example.com:8443"), "api.example.com");
+        assert_eq!(route_host("[::1]:8443"), "::1");
+        assert_eq!(route_host("example.com."), "example.com");
+    }
+
+    #[test]
+    fn csrf_accepts_listed_origin_or_referer() {
+        let allowed = vec!["https://app.example.com".to_string()];
+        let mut h = http::HeaderMap::new();
+        assert_eq!(csrf_check(&h, &allowed), Err(Denial::Csrf));
+        h.insert(header::REFERER, "https://app.example.com/page".parse().unwrap());
+        assert_eq!(csrf_check(&h, &allowed), Ok(()));
+        h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert_eq!(csrf_check(&h, &allowed), Err(Denial::Csrf));
+    }
+}

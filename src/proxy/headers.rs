@@ -1,0 +1,227 @@
+//! The header rewrite between client and upstream: hop-by-hop headers out,
+//! every client-sent identity header out, the verified identity in. Upstreams
+//! can trust identity headers because no client-sent copy survives this step,
+//! whatever its case or `_`/`-` spelling, and no claim value can break out of
+//! its header.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+use crate::auth::policy::claim;
+use crate::config::{normalize_header, IdentityConfig};
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Removes hop-by-hop headers, including every header that `Connection` names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        headers.remove(name);
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+}
+
+impl Pattern {
+    fn parse(p: &str) -> Pattern {
+        let starts = p.starts_with('*');
+        let ends = p.ends_with('*') && p.len() > 1;
+        let body = p.trim_matches('*').to_string();
+        match (starts, ends) {
+            (true, true) => Pattern::Contains(body),
+            (true, false) => Pattern::Suffix(body),
+            (false, true) => Pattern::Prefix(body),
+            (false, false) => Pattern::Exact(body),
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Pattern::Exact(s) => name == s,
+            Pattern::Prefix(s) => name.starts_with(s.as_str()),
+            Pattern::Suffix(s) => name.ends_with(s.as_str()),
+            Pattern::Contains(s) => name.contains(s.as_str()),
+        }
+    }
+}
+
+/// What the gateway removes from and adds to every forwarded request.
+#[derive(Debug, Clone)]
+pub struct IdentityPlan {
+    pub headers: Vec<(HeaderName, String)>,
+    strip: Vec<Pattern>,
+    pub claims_header: Option<HeaderName>,
+}
+
+/// Headers the gateway itself sets, which a client must never be able to pre-fill.
+const ALWAYS_STRIPPED: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+];
+
+impl IdentityPlan {
+    pub fn new(cfg: &IdentityConfig) -> IdentityPlan {
+        let mut strip: Vec<Pattern> = cfg.strip.iter().map(|p| Pattern::parse(p)).collect();
+        let own = cfg
+            .headers
+            .iter()
+            .map(|(h, _)| h.clone())
+            .chain(cfg.claims_header.clone())
+            .chain(cfg.assertion.as_ref().map(|a| a.header.clone()));
+        strip.extend(own.map(|h| Pattern::Exact(normalize_header(h.as_str()))));
+        strip.extend(ALWAYS_STRIPPED.iter().map(|h| Pattern::Exact((*h).to_string())));
+        IdentityPlan {
+            headers: cfg.headers.clone(),
+            strip,
+            claims_header: cfg.claims_header.clone(),
+        }
+    }
+
+    /// Removes every client-sent header that the plan owns, compared
+    /// case-insensitively and with `_` read as `-`.
+    pub fn strip_client_identity(&self, headers: &mut HeaderMap) {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                let n = name.as_str();
+                let normalized;
+                let n = if n.contains('_') {
+                    normalized = normalize_header(n);
+                    normalized.as_str()
+                } else {
+                    n
+                };
+                self.strip.iter().any(|p| p.matches(n))
+            })
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(&name);
+        }
+    }
+
+    /// Adds the identity headers from verified claims.
+    pub fn add_identity(&self, headers: &mut HeaderMap, claims: &serde_json::Map<String, Value>, payload_b64: Option<&str>) {
+        for (name, path) in &self.headers {
+            if let Some(v) = claim(claims, path) {
+                if let Some(value) = header_value(v) {
+                    headers.insert(name.clone(), value);
+                }
+            }
+        }
+        if let (Some(name), Some(payload)) = (&self.claims_header, payload_b64) {
+            if let Ok(v) = HeaderValue::from_str(payload) {
+                headers.insert(name.clone(), v);
+            }
+        }
+    }
+}
+
+/// Renders a claim for a header: strings as they are, arrays joined with `,`,
+/// objects as JSON; every byte outside visible ASCII, and `%` and `,` inside
+/// array elements, percent-encoded, so the value is one unambiguous header.
+pub fn render_claim(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::Array(items) => {
+            let parts: Vec<String> = items
+                .iter()
+                .filter_map(|i| scalar(i).map(|s| percent_encode(&s, true)))
+                .collect();
+            Some(parts.join(","))
+        }
+        other => scalar(other).map(|s| percent_encode(&s, false)),
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn header_value(v: &Value) -> Option<HeaderValue> {
+    render_claim(v).and_then(|s| HeaderValue::from_str(&s).ok())
+}
+
+pub fn percent_encode(s: &str, in_list: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        let visible = (0x21..=0x7e).contains(&b);
+        if !visible || b == b'%' || (in_list && b == b',') {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn connection_named_headers_are_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn claims_cannot_inject_headers() {
+        assert_eq!(
+            render_claim(&json!("a\r\nX-Admin: yes")).unwrap(),
+            "a%0D%0AX-Admin:%20yes"
+        );
+        assert_eq!(render_claim(&json!(["a,b", "c"])).unwrap(), "a%2Cb,c");
+        assert_eq!(render_claim(&json!("100%")).unwrap(), "100%25");
+        assert_eq!(render_claim(&json!("Zoë")).unwrap(), "Zo%C3%AB");
+        assert_eq!(render_claim(&json!({"a": 1})).unwrap(), "{\"a\":1}");
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(Pattern::parse("x-user-*").matches("x-user-id"));
+        assert!(!Pattern::parse("x-user-*").matches("x-userid"));
+        assert!(Pattern::parse("*-email").matches("x-user-email"));
+        assert!(Pattern::parse("x-a").matches("x-a"));
+    }
+}

@@ -1,0 +1,5 @@
+//! Forwarding to upstreams: pools, the header rewrite, the streaming forward.
+
+pub mod forward;
+pub mod headers;
+pub mod upstream;

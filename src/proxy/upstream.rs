@@ -1,0 +1,124 @@
+//! Upstream pools: pooled connections per upstream, endpoints used round robin,
+//! an endpoint that refuses connections ejected for a while.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, Scheme};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{load_pem_certs, load_pem_key, UpstreamConfig};
+
+/// How long an endpoint that refused a connection is left out.
+const EJECT_FOR: Duration = Duration::from_secs(5);
+
+pub struct Endpoint {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Milliseconds since the pool's epoch until which this endpoint is skipped.
+    ejected_until: AtomicU64,
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+    epoch: Instant,
+    pub client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    pub response_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let tls_cfg = cfg.tls.as_ref();
+        if let Some(ca) = tls_cfg.and_then(|t| t.ca.as_ref()) {
+            for c in load_pem_certs(ca)? {
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let mut tls = match tls_cfg.and_then(|t| t.cert.as_ref().zip(t.key.as_ref())) {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(load_pem_certs(cert)?, load_pem_key(key)?)
+                .map_err(|e| format!("{}: {e}", cert.display()))?,
+            None => builder.with_no_client_auth(),
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let https = match tls_cfg.and_then(|t| t.server_name.clone()) {
+            Some(name) => {
+                let name = rustls_pki_types::ServerName::try_from(name.clone())
+                    .map_err(|_| format!("tls.server_name \"{name}\" is not a valid server name"))?;
+                https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => https,
+        };
+        let connector = https.enable_http1().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|u| Endpoint {
+                scheme: u.scheme().cloned().unwrap_or(Scheme::HTTP),
+                authority: u
+                    .authority()
+                    .cloned()
+                    .expect("endpoints are validated to have a host"),
+                ejected_until: AtomicU64::new(0),
+            })
+            .collect();
+        Ok(Upstream {
+            name: cfg.name.clone(),
+            endpoints,
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            client,
+            response_timeout: cfg.response_timeout,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The next endpoint in round-robin order that is not ejected.
+    pub fn pick(&self) -> Option<usize> {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|i| self.endpoints[*i].ejected_until.load(Ordering::Relaxed) <= now)
+    }
+
+    pub fn eject(&self, idx: usize) {
+        if let Some(e) = self.endpoints.get(idx) {
+            let until = self.now_ms() + EJECT_FOR.as_millis() as u64;
+            e.ejected_until.store(until, Ordering::Relaxed);
+            tracing::warn!(
+                upstream = %self.name,
+                endpoint = %e.authority,
+                "endpoint refused a connection; ejected for {EJECT_FOR:?}"
+            );
+        }
+    }
+}
+
+pub type Upstreams = std::collections::HashMap<String, Arc<Upstream>>;

@@ -1,0 +1,168 @@
+//! Path safety and the route table: host (exact, then `*.` wildcard, then
+//! none), longest whole-segment path prefix, then method.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method};
+
+use crate::config::{AuthMode, CorsConfig, HostMatch, RouteConfig};
+
+/// A path that could mean a different resource once an upstream normalises it:
+/// dot segments (raw or percent-encoded), encoded slashes or backslashes, raw
+/// backslashes, NUL. Refused before routing, so a public prefix can never lead
+/// to a protected one.
+pub fn path_is_unsafe(path: &str) -> bool {
+    if !path.starts_with('/') {
+        return true;
+    }
+    let b = path.as_bytes();
+    if b.contains(&b'\\') || b.contains(&0) {
+        return true;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
+        return true;
+    }
+    lower.split('/').any(|seg| {
+        let seg = seg.replace("%2e", ".");
+        seg == "." || seg == ".."
+    })
+}
+
+/// A route, ready for the request path.
+#[derive(Debug)]
+pub struct Route {
+    pub id: String,
+    pub host: Option<HostMatch>,
+    pub prefix: String,
+    pub methods: Option<Vec<Method>>,
+    pub upstream: String,
+    pub auth: AuthMode,
+    pub issuers: Option<Vec<String>>,
+    pub scopes: Vec<String>,
+    pub claims: Vec<(String, Vec<String>)>,
+    pub require_bound_token: bool,
+    pub forward_authorization: bool,
+    pub cors: Option<CorsConfig>,
+}
+
+impl Route {
+    fn matches_path(&self, path: &str) -> bool {
+        self.prefix == "/"
+            || (path.starts_with(&self.prefix)
+                && matches!(path.as_bytes().get(self.prefix.len()), None | Some(b'/')))
+    }
+
+    fn allows(&self, m: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|ms| ms.contains(m))
+    }
+}
+
+pub enum RouteMatch<'a> {
+    Found(&'a Arc<Route>),
+    MethodNotAllowed(HeaderValue),
+    NoRoute,
+}
+
+/// Routes grouped by how specifically they name the host.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, Vec<Arc<Route>>>,
+    /// `.example.com` suffixes, longest (most specific) first.
+    wildcard: Vec<(String, Vec<Arc<Route>>)>,
+    any: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: &[RouteConfig], forward_authorization: bool) -> RouteTable {
+        let mut t = RouteTable::default();
+        for r in routes {
+            let route = Arc::new(Route {
+                id: r.id.clone(),
+                host: r.host.clone(),
+                prefix: r.path_prefix.clone(),
+                methods: r.methods.clone(),
+                upstream: r.upstream.clone(),
+                auth: r.auth,
+                issuers: r.issuers.clone(),
+                scopes: r.scopes.clone(),
+                claims: r.claims.clone(),
+                require_bound_token: r.require_bound_token,
+                forward_authorization: r.forward_authorization.unwrap_or(forward_authorization),
+                cors: r.cors.clone(),
+            });
+            match &r.host {
+                Some(HostMatch::Exact(h)) => t.exact.entry(h.clone()).or_default().push(route),
+                Some(HostMatch::Wildcard(s)) => {
+                    match t.wildcard.iter_mut().find(|(w, _)| w == s) {
+                        Some((_, v)) => v.push(route),
+                        None => t.wildcard.push((s.clone(), vec![route])),
+                    }
+                }
+                None => t.any.push(route),
+            }
+        }
+        t.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        t
+    }
+
+    /// Finds the route for a request. `host` is lower case without its port.
+    pub fn lookup(&self, host: &str, path: &str, method: &Method) -> RouteMatch<'_> {
+        let exact = self.exact.get(host).map(Vec::as_slice);
+        let wild = self
+            .wildcard
+            .iter()
+            .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|(_, v)| v.as_slice());
+        let groups = exact.into_iter().chain(wild).chain(std::iter::once(self.any.as_slice()));
+        for group in groups {
+            let best = group
+                .iter()
+                .filter(|r| r.matches_path(path))
+                .map(|r| r.prefix.len())
+                .max();
+            let Some(len) = best else { continue };
+            let mut allow: Vec<&str> = Vec::new();
+            for r in group.iter().filter(|r| r.prefix.len() == len && r.matches_path(path)) {
+                if r.allows(method) {
+                    return RouteMatch::Found(r);
+                }
+                for m in r.methods.iter().flatten() {
+                    if !allow.contains(&m.as_str()) {
+                        allow.push(m.as_str());
+                    }
+                }
+            }
+            let allow = HeaderValue::from_str(&allow.join(", "))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            return RouteMatch::MethodNotAllowed(allow);
+        }
+        RouteMatch::NoRoute
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_paths_are_recognised() {
+        for p in [
+            "/public/../admin",
+            "/public/%2e%2e/admin",
+            "/public/.%2E/admin",
+            "/a/./b",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a\\b",
+            "/a%00",
+            "relative",
+        ] {
+            assert!(path_is_unsafe(p), "{p}");
+        }
+        for p in ["/", "/orders", "/a/b.c/d", "/a/..b", "/a%20b"] {
+            assert!(!path_is_unsafe(p), "{p}");
+        }
+    }
+}
