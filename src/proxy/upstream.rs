@@ -44,13 +44,12 @@ impl Upstream {
             }
         }
         let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-        let mut tls = match tls_cfg.and_then(|t| t.cert.as_ref().zip(t.key.as_ref())) {
+        let tls = match tls_cfg.and_then(|t| t.cert.as_ref().zip(t.key.as_ref())) {
             Some((cert, key)) => builder
                 .with_client_auth_cert(load_pem_certs(cert)?, load_pem_key(key)?)
                 .map_err(|e| format!("{}: {e}", cert.display()))?,
             None => builder.with_no_client_auth(),
         };
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
