@@ -24,16 +24,21 @@ pub const DEMO_ISSUER: &str = "https://demo-issuer.portcullis.local/";
 pub const DEMO_AUDIENCE: &str = "demo-api";
 
 /// An upstream that answers every request with a JSON picture of it.
-pub async fn echo_upstream(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn echo_upstream(
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(echo(req))
-                });
+                let svc =
+                    service_fn(
+                        |req: Request<Incoming>| async move { Ok::<_, Infallible>(echo(req)) },
+                    );
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -46,7 +51,10 @@ pub async fn echo_upstream(addr: SocketAddr) -> std::io::Result<(SocketAddr, tok
 fn echo(req: Request<Incoming>) -> Response<Body> {
     let mut headers = Map::new();
     for (k, v) in req.headers() {
-        headers.insert(k.to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()));
+        headers.insert(
+            k.to_string(),
+            Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        );
     }
     let body = json!({
         "upstream": "portcullis demo echo",
@@ -68,7 +76,8 @@ fn write_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let ca_key = KeyPair::generate().map_err(|e| e.to_string())?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
-    ca.distinguished_name.push(DnType::CommonName, "portcullis demo CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "portcullis demo CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key).map_err(|e| e.to_string())?;
@@ -76,10 +85,18 @@ fn write_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let key = KeyPair::generate().map_err(|e| e.to_string())?;
     let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
         .map_err(|e| e.to_string())?;
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     let cert = params.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
-    let (ca_path, cert_path, key_path) = (dir.join("demo-ca.crt"), dir.join("server.crt"), dir.join("server.key"));
-    let write = |p: &Path, s: String| std::fs::write(p, s).map_err(|e| format!("cannot write {}: {e}", p.display()));
+    let (ca_path, cert_path, key_path) = (
+        dir.join("demo-ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    );
+    let write = |p: &Path, s: String| {
+        std::fs::write(p, s).map_err(|e| format!("cannot write {}: {e}", p.display()))
+    };
     write(&ca_path, ca_cert.pem())?;
     write(&cert_path, cert.pem())?;
     write(&key_path, key.serialize_pem())?;
@@ -103,7 +120,8 @@ pub async fn start(listen: SocketAddr, admin: SocketAddr, certs: &Path) -> Resul
     let issuer_key = generate(alg)?;
     let jwk = public_jwk(&issuer_key, alg)?;
     let kid = jwk["kid"].as_str().unwrap_or_default().to_string();
-    std::fs::write(work.join("jwks.json"), json!({"keys": [jwk]}).to_string()).map_err(|e| e.to_string())?;
+    std::fs::write(work.join("jwks.json"), json!({"keys": [jwk]}).to_string())
+        .map_err(|e| e.to_string())?;
     let (echo_addr, _task) = echo_upstream("127.0.0.1:0".parse().map_err(|_| "address")?)
         .await
         .map_err(|e| format!("echo upstream: {e}"))?;
@@ -182,8 +200,16 @@ upstream = "echo"
 /// The text `portcullis demo` prints.
 pub fn instructions(d: &Demo) -> String {
     let addr = d.gateway.listen_addrs()[0];
-    let admin = d.gateway.admin_addr().map(|a| a.to_string()).unwrap_or_default();
-    let host = if addr.ip().is_loopback() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() };
+    let admin = d
+        .gateway
+        .admin_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let host = if addr.ip().is_loopback() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
     let ca = d.ca.display();
     format!(
         r#"

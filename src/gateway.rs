@@ -84,12 +84,19 @@ impl Gateway {
             background.push(tokio::spawn(keys.refresh_loop(client, first)));
         }
 
-        let verifier = Arc::new(Verifier::new(issuers, config.token.cache_entries, metrics.clone()));
+        let verifier = Arc::new(Verifier::new(
+            issuers,
+            config.token.cache_entries,
+            metrics.clone(),
+        ));
         let mut upstreams = HashMap::new();
         for (name, u) in &config.upstreams {
             upstreams.insert(
                 name.clone(),
-                Arc::new(Upstream::new(u).map_err(|e| StartError::Setup(format!("upstream.{name}: {e}")))?),
+                Arc::new(
+                    Upstream::new(u)
+                        .map_err(|e| StartError::Setup(format!("upstream.{name}: {e}")))?,
+                ),
             );
         }
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime {
@@ -104,10 +111,13 @@ impl Gateway {
 
         let tls = match &config.server.tls {
             Some(t) => Some(Arc::new(ArcSwap::new(
-                crate::server::tls::server_config(t, config.server.http2).map_err(StartError::Setup)?,
+                crate::server::tls::server_config(t, config.server.http2)
+                    .map_err(StartError::Setup)?,
             ))),
             None => {
-                tracing::warn!("no [server.tls]: serving plaintext HTTP; tokens cross the network readable");
+                tracing::warn!(
+                    "no [server.tls]: serving plaintext HTTP; tokens cross the network readable"
+                );
                 None
             }
         };
@@ -121,8 +131,14 @@ impl Gateway {
         for addr in &config.server.listen {
             let l = TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind { addr: *addr, source })?;
-            let local = l.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?;
+                .map_err(|source| StartError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            let local = l.local_addr().map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
             listen_addrs.push(local);
             bound.push((l, addr.to_string()));
         }
@@ -135,8 +151,14 @@ impl Gateway {
                 let l = TcpListener::bind(addr)
                     .await
                     .map_err(|source| StartError::Bind { addr, source })?;
-                let local = l.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-                accept_tasks.push(tokio::spawn(admin::serve(l, admin_state.clone(), stop_rx.clone())));
+                let local = l
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                accept_tasks.push(tokio::spawn(admin::serve(
+                    l,
+                    admin_state.clone(),
+                    stop_rx.clone(),
+                )));
                 Some(local)
             }
             None => None,
@@ -190,7 +212,10 @@ impl RunningGateway {
         }
         let graceful = self.graceful.lock().ok().and_then(|mut g| g.take());
         if let Some(g) = graceful {
-            if tokio::time::timeout(self.grace, g.shutdown()).await.is_err() {
+            if tokio::time::timeout(self.grace, g.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!("shutdown_grace passed with requests still in flight; closing them");
             }
         }

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use portcullis::config::{self, Config};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "An authenticating reverse-proxy gateway: TLS in, JWT verified, identity forwarded.")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An authenticating reverse-proxy gateway: TLS in, JWT verified, identity forwarded."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,11 +111,25 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(config),
         Command::Run { config } => run(config),
-        Command::Demo { listen, admin_listen, certs } => demo(listen, admin_listen, certs),
+        Command::Demo {
+            listen,
+            admin_listen,
+            certs,
+        } => demo(listen, admin_listen, certs),
         Command::Keygen { alg, out } => keygen(&alg, &out),
-        Command::Token { command: TokenCommand::Mint { key, alg, kid, iss, aud, sub, ttl, claims } } => {
-            mint(key, alg, kid, iss, aud, sub, ttl, claims)
-        }
+        Command::Token {
+            command:
+                TokenCommand::Mint {
+                    key,
+                    alg,
+                    kid,
+                    iss,
+                    aud,
+                    sub,
+                    ttl,
+                    claims,
+                },
+        } => mint(key, alg, kid, iss, aud, sub, ttl, claims),
     }
 }
 
@@ -226,22 +244,32 @@ fn keygen(alg: &str, out: &std::path::Path) -> ExitCode {
         return ExitCode::from(2);
     };
     let result = (|| -> Result<(PathBuf, PathBuf), String> {
-        std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        std::fs::create_dir_all(out)
+            .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
         let key_path = out.join("private.pem");
         let jwks_path = out.join("jwks.json");
         if key_path.exists() {
-            return Err(format!("{} exists; refusing to overwrite a private key", key_path.display()));
+            return Err(format!(
+                "{} exists; refusing to overwrite a private key",
+                key_path.display()
+            ));
         }
         let key = generate(alg)?;
         let jwk = public_jwk(&key, alg)?;
         write_private(&key_path, key.serialize_pem().as_bytes())?;
-        let jwks = serde_json::to_string_pretty(&serde_json::json!({ "keys": [jwk] })).map_err(|e| e.to_string())?;
-        std::fs::write(&jwks_path, jwks + "\n").map_err(|e| format!("cannot write {}: {e}", jwks_path.display()))?;
+        let jwks = serde_json::to_string_pretty(&serde_json::json!({ "keys": [jwk] }))
+            .map_err(|e| e.to_string())?;
+        std::fs::write(&jwks_path, jwks + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", jwks_path.display()))?;
         Ok((key_path, jwks_path))
     })();
     match result {
         Ok((k, j)) => {
-            println!("wrote {} (private, keep it secret) and {} (public)", k.display(), j.display());
+            println!(
+                "wrote {} (private, keep it secret) and {} (public)",
+                k.display(),
+                j.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -260,8 +288,11 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    let mut f = opts
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -279,16 +310,24 @@ fn mint(
     let result = (|| -> Result<String, (u8, String)> {
         let usage = |e: String| (2u8, e);
         let alg = alg
-            .map(|a| jsonwebtoken::Algorithm::from_str(&a).map_err(|_| usage(format!("--alg {a}: unknown algorithm"))))
+            .map(|a| {
+                jsonwebtoken::Algorithm::from_str(&a)
+                    .map_err(|_| usage(format!("--alg {a}: unknown algorithm")))
+            })
             .transpose()?;
         let ttl = config::parse_duration(&ttl).map_err(|e| usage(format!("--ttl: {e}")))?;
         let signer = match alg {
-            Some(a @ (jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512)) => {
+            Some(
+                a @ (jsonwebtoken::Algorithm::HS256
+                | jsonwebtoken::Algorithm::HS384
+                | jsonwebtoken::Algorithm::HS512),
+            ) => {
                 let secret = config::read_secret(&key).map_err(|e| (1, e))?;
                 Signer::from_secret(&secret, a, kid)
             }
             _ => {
-                let pem = std::fs::read_to_string(&key).map_err(|e| (1, format!("cannot read {}: {e}", key.display())))?;
+                let pem = std::fs::read_to_string(&key)
+                    .map_err(|e| (1, format!("cannot read {}: {e}", key.display())))?;
                 Signer::from_pem(&pem, alg, kid)
             }
         }

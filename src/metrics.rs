@@ -33,8 +33,8 @@ pub struct Metrics {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0, 30.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
 ];
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -129,7 +129,12 @@ impl Metrics {
     /// Exports every label combination the configuration can produce at zero,
     /// so that dashboards and alerts see the series before the first event.
     pub fn init_labels(&self, config: &crate::config::Config) {
-        for issuer in config.issuers.iter().map(|i| i.id.as_str()).chain(["unknown"]) {
+        for issuer in config
+            .issuers
+            .iter()
+            .map(|i| i.id.as_str())
+            .chain(["unknown"])
+        {
             for r in AUTH_RESULTS {
                 self.auth_decisions_total.with_label_values(&[issuer, r]);
             }

@@ -22,9 +22,9 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::access_log::{rfc3339_now, AccessLine, AccessLog, AuthFields};
+use crate::auth::policy;
 use crate::auth::token::{self, Presented, TokenSource};
 use crate::auth::verify::{Verified, Verifier};
-use crate::auth::policy;
 use crate::body::{self, Body};
 use crate::config::{AuthMode, Config};
 use crate::denial::Denial;
@@ -77,7 +77,8 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
         if (1..=128).contains(&b.len())
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
         {
             return v.clone();
         }
@@ -154,7 +155,9 @@ pub async fn handle(
         Err(_) => {
             rt.metrics.panics_total.inc();
             tracing::error!(request_id = ?ctx.request_id, "request handler panicked");
-            let mut r = Response::new(body::full(r#"{"error":"internal_error","error_description":"internal error"}"#));
+            let mut r = Response::new(body::full(
+                r#"{"error":"internal_error","error_description":"internal error"}"#,
+            ));
             *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             r
         }
@@ -240,7 +243,16 @@ async fn phases(
 
     // Rewrite.
     let verified = presented.as_ref().map(|(_, v)| v.clone());
-    let pq = rewrite(rt, conn, &mut req, &route, presented.as_ref().map(|(p, _)| p), verified.as_deref(), host.as_deref(), ctx)?;
+    let pq = rewrite(
+        rt,
+        conn,
+        &mut req,
+        &route,
+        presented.as_ref().map(|(p, _)| p),
+        verified.as_deref(),
+        host.as_deref(),
+        ctx,
+    )?;
 
     // Forward.
     let upstream = rt
@@ -298,7 +310,9 @@ async fn authenticate(
     };
     rt.metrics.token_bytes.observe(presented.token.len() as f64);
     if presented.token.len() > cfg.max_bytes {
-        return Err(Denial::Malformed("token is larger than this gateway accepts"));
+        return Err(Denial::Malformed(
+            "token is larger than this gateway accepts",
+        ));
     }
     if presented.source == TokenSource::Cookie && UNSAFE_METHODS.contains(req.method()) {
         csrf_check(req.headers(), &cfg.csrf_origins)?;
@@ -312,7 +326,9 @@ async fn authenticate(
         Ok((v, _cached)) => v,
         Err(f) => {
             ctx.issuer_label = rt.verifier.issuer_id(f.issuer).to_string();
-            ctx.auth.iss = f.issuer.map(|i| rt.verifier.issuers[i].config.issuer.clone());
+            ctx.auth.iss = f
+                .issuer
+                .map(|i| rt.verifier.issuers[i].config.issuer.clone());
             ctx.auth.kid = f.kid;
             ctx.auth.alg = f.alg;
             return Err(f.denial);
@@ -365,22 +381,34 @@ fn binding_check(
     let x5t = cnf.and_then(|c| c.get("x5t#S256")).and_then(|x| x.as_str());
     if jkt.is_some() {
         if !presented.dpop_scheme {
-            return Err(Denial::BindingFailed("DPoP-bound token presented as a bearer token"));
+            return Err(Denial::BindingFailed(
+                "DPoP-bound token presented as a bearer token",
+            ));
         }
-        return Err(Denial::BindingFailed("DPoP proofs are not accepted by this gateway yet"));
+        return Err(Denial::BindingFailed(
+            "DPoP proofs are not accepted by this gateway yet",
+        ));
     }
     if let Some(x5t) = x5t {
         return match &conn.client_cert_sha256 {
             Some(have) if have == x5t => Ok(()),
-            Some(_) => Err(Denial::BindingFailed("client certificate does not match the token")),
-            None => Err(Denial::BindingFailed("token is bound to a client certificate that was not presented")),
+            Some(_) => Err(Denial::BindingFailed(
+                "client certificate does not match the token",
+            )),
+            None => Err(Denial::BindingFailed(
+                "token is bound to a client certificate that was not presented",
+            )),
         };
     }
     if presented.dpop_scheme {
-        return Err(Denial::BindingFailed("DPoP scheme used with a token that is not DPoP-bound"));
+        return Err(Denial::BindingFailed(
+            "DPoP scheme used with a token that is not DPoP-bound",
+        ));
     }
     if route.require_bound_token {
-        return Err(Denial::BindingFailed("this route requires a sender-constrained token"));
+        return Err(Denial::BindingFailed(
+            "this route requires a sender-constrained token",
+        ));
     }
     Ok(())
 }
@@ -426,7 +454,11 @@ fn rewrite(
         }
     }
     if let Some(v) = verified {
-        rt.identity.add_identity(headers, &v.claims, presented.and_then(|p| p.token.split('.').nth(1)));
+        rt.identity.add_identity(
+            headers,
+            &v.claims,
+            presented.and_then(|p| p.token.split('.').nth(1)),
+        );
     }
     let ip = crate::config::canonical(conn.remote.ip()).to_string();
     let xff = match prior_xff {
@@ -499,7 +531,10 @@ mod tests {
         let allowed = vec!["https://app.example.com".to_string()];
         let mut h = http::HeaderMap::new();
         assert_eq!(csrf_check(&h, &allowed), Err(Denial::Csrf));
-        h.insert(header::REFERER, "https://app.example.com/page".parse().unwrap());
+        h.insert(
+            header::REFERER,
+            "https://app.example.com/page".parse().unwrap(),
+        );
         assert_eq!(csrf_check(&h, &allowed), Ok(()));
         h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
         assert_eq!(csrf_check(&h, &allowed), Err(Denial::Csrf));

@@ -94,12 +94,10 @@ impl RouteTable {
             });
             match &r.host {
                 Some(HostMatch::Exact(h)) => t.exact.entry(h.clone()).or_default().push(route),
-                Some(HostMatch::Wildcard(s)) => {
-                    match t.wildcard.iter_mut().find(|(w, _)| w == s) {
-                        Some((_, v)) => v.push(route),
-                        None => t.wildcard.push((s.clone(), vec![route])),
-                    }
-                }
+                Some(HostMatch::Wildcard(s)) => match t.wildcard.iter_mut().find(|(w, _)| w == s) {
+                    Some((_, v)) => v.push(route),
+                    None => t.wildcard.push((s.clone(), vec![route])),
+                },
                 None => t.any.push(route),
             }
         }
@@ -115,7 +113,10 @@ impl RouteTable {
             .iter()
             .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
             .map(|(_, v)| v.as_slice());
-        let groups = exact.into_iter().chain(wild).chain(std::iter::once(self.any.as_slice()));
+        let groups = exact
+            .into_iter()
+            .chain(wild)
+            .chain(std::iter::once(self.any.as_slice()));
         for group in groups {
             let best = group
                 .iter()
@@ -124,7 +125,10 @@ impl RouteTable {
                 .max();
             let Some(len) = best else { continue };
             let mut allow: Vec<&str> = Vec::new();
-            for r in group.iter().filter(|r| r.prefix.len() == len && r.matches_path(path)) {
+            for r in group
+                .iter()
+                .filter(|r| r.prefix.len() == len && r.matches_path(path))
+            {
                 if r.allows(method) {
                     return RouteMatch::Found(r);
                 }

@@ -56,12 +56,17 @@ pub fn readiness(state: &AdminState) -> (bool, Vec<String>, Vec<String>) {
 fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(v.to_string()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
-async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             let rt = state.runtime.load();
@@ -76,7 +81,10 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Respons
         (&Method::GET, "/readyz") => {
             let (ready, reasons, degraded) = readiness(&state);
             if ready {
-                json_response(StatusCode::OK, json!({"status": "ready", "degraded": degraded}))
+                json_response(
+                    StatusCode::OK,
+                    json!({"status": "ready", "degraded": degraded}),
+                )
             } else {
                 json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -89,7 +97,8 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Respons
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method_not_allowed"}),
             );
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
             r
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),

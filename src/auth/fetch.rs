@@ -54,7 +54,10 @@ pub async fn get(client: &HttpsClient, url: &str, timeout: Duration) -> Result<F
     let uri: http::Uri = url.parse().map_err(|_| format!("bad URL {url}"))?;
     let req = http::Request::get(uri)
         .header(http::header::ACCEPT, "application/json")
-        .header(http::header::USER_AGENT, concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+        .header(
+            http::header::USER_AGENT,
+            concat!("portcullis/", env!("CARGO_PKG_VERSION")),
+        )
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let work = async {
@@ -87,7 +90,11 @@ fn parse_max_age(v: &str) -> Option<Duration> {
     v.split(',').find_map(|d| {
         let (k, val) = d.trim().split_once('=')?;
         if k.trim().eq_ignore_ascii_case("max-age") {
-            val.trim().trim_matches('"').parse().ok().map(Duration::from_secs)
+            val.trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+                .map(Duration::from_secs)
         } else {
             None
         }
@@ -116,8 +123,8 @@ pub async fn discover(
         issuer.trim_end_matches('/')
     );
     let doc = get(client, &url, timeout).await?;
-    let v: serde_json::Value = serde_json::from_slice(&doc.body)
-        .map_err(|e| format!("{url}: not JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&doc.body).map_err(|e| format!("{url}: not JSON: {e}"))?;
     let found = v.get("issuer").and_then(|i| i.as_str()).unwrap_or("");
     if found != issuer {
         return Err(format!(
@@ -131,9 +138,7 @@ pub async fn discover(
     let uri: http::Uri = jwks
         .parse()
         .map_err(|_| format!("{url}: jwks_uri is not a URL"))?;
-    let loopback = uri
-        .host()
-        .is_some_and(crate::config::is_loopback_host);
+    let loopback = uri.host().is_some_and(crate::config::is_loopback_host);
     match uri.scheme_str() {
         Some("https") => {}
         Some("http") if loopback => {}
@@ -150,7 +155,10 @@ mod tests {
 
     #[test]
     fn max_age_is_read_among_other_directives() {
-        assert_eq!(parse_max_age("public, max-age=300"), Some(Duration::from_secs(300)));
+        assert_eq!(
+            parse_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
         assert_eq!(parse_max_age("no-cache"), None);
     }
 }

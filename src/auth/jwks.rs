@@ -140,7 +140,9 @@ fn parse_key(jwk: &Value, issuer: &IssuerConfig) -> Result<Option<VerifyKey>, St
             let (n, e) = (string(jwk, "n")?, string(jwk, "e")?);
             let bits = base64_len(n) * 8;
             if bits < 2048 {
-                return Err(format!("RSA key of {bits} bits is too short (2048 at least)"));
+                return Err(format!(
+                    "RSA key of {bits} bits is too short (2048 at least)"
+                ));
             }
             let key = DecodingKey::from_rsa_components(n, e).map_err(|e| e.to_string())?;
             (key, digest(&["RSA", n, e]))

@@ -68,7 +68,10 @@ impl IssuerKeys {
     }
 
     pub fn has_keys(&self) -> bool {
-        self.current.load().as_ref().is_some_and(|k| !k.keys.is_empty())
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|k| !k.keys.is_empty())
     }
 
     pub fn loaded_once(&self) -> bool {
@@ -92,7 +95,10 @@ impl IssuerKeys {
     /// happened less than `min_refresh` ago: a flood of made-up kids costs the
     /// identity provider at most one request per `min_refresh`.
     pub async fn refetch_for_unknown_kid(&self) -> bool {
-        if matches!(self.config.keys, KeySource::Secret(_) | KeySource::JwksFile(_)) {
+        if matches!(
+            self.config.keys,
+            KeySource::Secret(_) | KeySource::JwksFile(_)
+        ) {
             return false;
         }
         let last = self.last_fetch_ms.load(Ordering::Acquire);
@@ -103,9 +109,12 @@ impl IssuerKeys {
         let mut rx = self.generation.subscribe();
         rx.borrow_and_update();
         self.refetch.notify_one();
-        tokio::time::timeout(self.config.fetch_timeout + Duration::from_millis(500), rx.changed())
-            .await
-            .is_ok()
+        tokio::time::timeout(
+            self.config.fetch_timeout + Duration::from_millis(500),
+            rx.changed(),
+        )
+        .await
+        .is_ok()
     }
 
     fn install(&self, set: KeySet) {
@@ -209,7 +218,11 @@ impl IssuerKeys {
     }
 
     /// The background refresher: runs until the gateway stops.
-    pub async fn refresh_loop(self: Arc<Self>, client: Arc<fetch::HttpsClient>, first: Result<Option<Duration>, String>) {
+    pub async fn refresh_loop(
+        self: Arc<Self>,
+        client: Arc<fetch::HttpsClient>,
+        first: Result<Option<Duration>, String>,
+    ) {
         let cfg = self.config.clone();
         let file_based = matches!(cfg.keys, KeySource::JwksFile(_) | KeySource::Secret(_));
         let mut backoff = Duration::from_secs(1);

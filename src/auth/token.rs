@@ -59,7 +59,9 @@ fn from_cookies(headers: &HeaderMap, name: &str) -> Result<Option<String>, Denia
                 let val = val.trim().trim_matches('"');
                 match &found {
                     Some(prev) if prev != val => {
-                        return Err(Denial::InvalidRequest("the token cookie is sent twice with different values"));
+                        return Err(Denial::InvalidRequest(
+                            "the token cookie is sent twice with different values",
+                        ));
                     }
                     _ => found = Some(val.to_string()),
                 }
@@ -76,9 +78,13 @@ pub fn from_query(query: &str) -> Result<Option<String>, Denial> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if k == "access_token" {
             if found.is_some() {
-                return Err(Denial::InvalidRequest("access_token appears twice in the query"));
+                return Err(Denial::InvalidRequest(
+                    "access_token appears twice in the query",
+                ));
             }
-            found = Some(percent_decode(v).ok_or(Denial::Malformed("access_token is not valid percent-encoding"))?);
+            found = Some(percent_decode(v).ok_or(Denial::Malformed(
+                "access_token is not valid percent-encoding",
+            ))?);
         }
     }
     Ok(found.filter(|v| !v.is_empty()))
@@ -118,7 +124,11 @@ pub fn strip_access_token(query: &str) -> String {
 }
 
 /// Finds the request's token in the configured sources.
-pub fn extract(headers: &HeaderMap, uri: &Uri, cfg: &TokenConfig) -> Result<Option<Presented>, Denial> {
+pub fn extract(
+    headers: &HeaderMap,
+    uri: &Uri,
+    cfg: &TokenConfig,
+) -> Result<Option<Presented>, Denial> {
     let mut auth = headers.get_all(header::AUTHORIZATION).iter();
     let first = auth.next();
     if auth.next().is_some() {
@@ -155,7 +165,9 @@ pub fn extract(headers: &HeaderMap, uri: &Uri, cfg: &TokenConfig) -> Result<Opti
         }
     }
     if found.len() > 1 {
-        return Err(Denial::InvalidRequest("a token is presented in more than one place"));
+        return Err(Denial::InvalidRequest(
+            "a token is presented in more than one place",
+        ));
     }
     Ok(found.pop())
 }
@@ -179,7 +191,9 @@ mod tests {
     fn bearer_scheme_is_case_insensitive() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "bEaReR abc.def.ghi".parse().unwrap());
-        let p = extract(&h, &Uri::from_static("/"), &cfg()).unwrap().unwrap();
+        let p = extract(&h, &Uri::from_static("/"), &cfg())
+            .unwrap()
+            .unwrap();
         assert_eq!(p.token, "abc.def.ghi");
         assert_eq!(p.source, TokenSource::Header);
     }

@@ -179,10 +179,14 @@ impl Verifier {
         let (Some(h64), Some(p64), Some(s64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(Failure::new(Denial::Malformed("token is not a JWS compact JWT")));
+            return Err(Failure::new(Denial::Malformed(
+                "token is not a JWS compact JWT",
+            )));
         };
         if h64.is_empty() || p64.is_empty() || s64.is_empty() {
-            return Err(Failure::new(Denial::Malformed("token is not a JWS compact JWT")));
+            return Err(Failure::new(Denial::Malformed(
+                "token is not a JWS compact JWT",
+            )));
         }
         let header: Map<String, Value> = URL_SAFE_NO_PAD
             .decode(h64)
@@ -198,15 +202,28 @@ impl Verifier {
             alg: Some(alg_name.chars().take(16).collect()),
         };
         if header.contains_key("crit") {
-            return Err(fail(Denial::Malformed("token has critical header parameters this gateway does not understand"), None));
+            return Err(fail(
+                Denial::Malformed(
+                    "token has critical header parameters this gateway does not understand",
+                ),
+                None,
+            ));
         }
         if header.get("b64").is_some() {
-            return Err(fail(Denial::Malformed("unencoded payloads are not accepted"), None));
+            return Err(fail(
+                Denial::Malformed("unencoded payloads are not accepted"),
+                None,
+            ));
         }
         match header.get("typ") {
             None => {}
             Some(Value::String(t)) if typ_accepted(t) => {}
-            Some(_) => return Err(fail(Denial::Malformed("token type is not an access token"), None)),
+            Some(_) => {
+                return Err(fail(
+                    Denial::Malformed("token type is not an access token"),
+                    None,
+                ))
+            }
         }
         let alg: Algorithm = match alg_name.parse() {
             Ok(a) => a,
@@ -216,7 +233,12 @@ impl Verifier {
             .decode(p64)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| fail(Denial::Malformed("token payload is not base64url JSON"), None))?;
+            .ok_or_else(|| {
+                fail(
+                    Denial::Malformed("token payload is not base64url JSON"),
+                    None,
+                )
+            })?;
         let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
         let Some(idx) = self.issuers.iter().position(|i| i.config.issuer == iss) else {
             return Err(fail(Denial::WrongIssuer, None));
@@ -227,7 +249,10 @@ impl Verifier {
             return Err(fail(Denial::DisallowedAlg, Some(idx)));
         }
         let Some(mut keys) = issuer.current() else {
-            return Err(fail(Denial::UnknownKid("signing keys unavailable"), Some(idx)));
+            return Err(fail(
+                Denial::UnknownKid("signing keys unavailable"),
+                Some(idx),
+            ));
         };
         if let Some(kid) = kid {
             if !keys.has_kid(kid) {
@@ -246,14 +271,21 @@ impl Verifier {
         let mut good = None;
         for key in keys.candidates(kid, alg).take(8) {
             tried = true;
-            if matches!(jsonwebtoken::crypto::verify(s64, message, &key.key, alg), Ok(true)) {
+            if matches!(
+                jsonwebtoken::crypto::verify(s64, message, &key.key, alg),
+                Ok(true)
+            ) {
                 good = Some(key.clone());
                 break;
             }
         }
         let Some(key) = good else {
             return Err(fail(
-                if tried { Denial::BadSignature } else { Denial::DisallowedAlg },
+                if tried {
+                    Denial::BadSignature
+                } else {
+                    Denial::DisallowedAlg
+                },
                 Some(idx),
             ));
         };
@@ -293,7 +325,9 @@ impl Verifier {
                 None => exp.saturating_sub(now),
             };
             if lifetime > max.saturating_add(leeway) {
-                return Err(Denial::Malformed("token lifetime exceeds the issuer's max_lifetime"));
+                return Err(Denial::Malformed(
+                    "token lifetime exceeds the issuer's max_lifetime",
+                ));
             }
             Ok((exp, iat))
         };

@@ -94,7 +94,11 @@ pub fn public_jwk(key: &KeyPair, alg: Algorithm) -> Result<Value, String> {
     let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
     let mut jwk = match alg {
         Algorithm::ES256 | Algorithm::ES384 => {
-            let (crv, n) = if alg == Algorithm::ES256 { ("P-256", 32) } else { ("P-384", 48) };
+            let (crv, n) = if alg == Algorithm::ES256 {
+                ("P-256", 32)
+            } else {
+                ("P-384", 48)
+            };
             if raw.len() != 1 + 2 * n || raw[0] != 4 {
                 return Err("unexpected EC public key encoding".into());
             }
@@ -157,7 +161,12 @@ mod tests {
 
     #[test]
     fn generated_keys_have_public_jwks() {
-        for alg in [Algorithm::RS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
+        for alg in [
+            Algorithm::RS256,
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+        ] {
             let k = generate(alg).unwrap();
             let jwk = public_jwk(&k, alg).unwrap();
             assert_eq!(jwk["kid"].as_str().unwrap(), thumbprint(&jwk).unwrap());

@@ -17,12 +17,20 @@ pub struct Signer {
 
 impl Signer {
     /// From a PEM private key; `alg` defaults from the key type, `kid` to its thumbprint.
-    pub fn from_pem(pem: &str, alg: Option<Algorithm>, kid: Option<String>) -> Result<Signer, String> {
+    pub fn from_pem(
+        pem: &str,
+        alg: Option<Algorithm>,
+        kid: Option<String>,
+    ) -> Result<Signer, String> {
         let pair = KeyPair::from_pem(pem).map_err(|e| format!("not a PEM private key: {e}"))?;
         Self::from_key_pair(&pair, alg, kid)
     }
 
-    pub fn from_key_pair(pair: &KeyPair, alg: Option<Algorithm>, kid: Option<String>) -> Result<Signer, String> {
+    pub fn from_key_pair(
+        pair: &KeyPair,
+        alg: Option<Algorithm>,
+        kid: Option<String>,
+    ) -> Result<Signer, String> {
         let default = default_alg(pair)?;
         let alg = alg.unwrap_or(default);
         let der = pair.serialize_der();
@@ -30,11 +38,17 @@ impl Signer {
             Algorithm::RS256 => {
                 if !matches!(
                     alg,
-                    Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512
+                    Algorithm::RS256
+                        | Algorithm::RS384
+                        | Algorithm::RS512
+                        | Algorithm::PS256
+                        | Algorithm::PS384
+                        | Algorithm::PS512
                 ) {
                     return Err(format!("an RSA key cannot sign {alg:?}"));
                 }
-                EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).map_err(|e| e.to_string())?
+                EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes())
+                    .map_err(|e| e.to_string())?
             }
             Algorithm::EdDSA => EncodingKey::from_ed_der(&der),
             _ => EncodingKey::from_ec_der(&der),
@@ -53,9 +67,15 @@ impl Signer {
     }
 
     /// From an HMAC secret.
-    pub fn from_secret(secret: &[u8], alg: Algorithm, kid: Option<String>) -> Result<Signer, String> {
+    pub fn from_secret(
+        secret: &[u8],
+        alg: Algorithm,
+        kid: Option<String>,
+    ) -> Result<Signer, String> {
         if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-            return Err(format!("a shared secret signs HS256/HS384/HS512, not {alg:?}"));
+            return Err(format!(
+                "a shared secret signs HS256/HS384/HS512, not {alg:?}"
+            ));
         }
         Ok(Signer {
             key: EncodingKey::from_secret(secret).map_err(|e| e.to_string())?,

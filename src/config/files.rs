@@ -14,7 +14,13 @@ pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Strin
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("cannot read {}: {}", path.display(), pem_error(e)))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate file: {}", path.display(), pem_error(e)))?;
+        .map_err(|e| {
+            format!(
+                "{} is not a PEM certificate file: {}",
+                path.display(),
+                pem_error(e)
+            )
+        })?;
     if certs.is_empty() {
         return Err(format!("{} holds no PEM certificate", path.display()));
     }
@@ -22,8 +28,13 @@ pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Strin
 }
 
 pub fn load_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| format!("{} is not a PEM private key: {}", path.display(), pem_error(e)))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        format!(
+            "{} is not a PEM private key: {}",
+            path.display(),
+            pem_error(e)
+        )
+    })
 }
 
 fn pem_error(e: rustls_pki_types::pem::Error) -> String {

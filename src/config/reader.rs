@@ -127,7 +127,10 @@ impl<'a> Source<'a> {
             Err(i) => i - 1,
         };
         let col = self.text[self.line_starts[line]..offset].chars().count() + 1;
-        Loc { line: line + 1, col }
+        Loc {
+            line: line + 1,
+            col,
+        }
     }
 
     pub fn report(&self, span: Range<usize>, field: &str, message: impl Into<String>) {
@@ -296,7 +299,11 @@ impl<'t, 'i> Table<'t, 'i> {
                 let hint = closest(name, known_hint)
                     .map(|s| format!(" (did you mean \"{s}\"?)"))
                     .unwrap_or_default();
-                src.report(k.span(), &child_path(&path, name), format!("unknown key{hint}"));
+                src.report(
+                    k.span(),
+                    &child_path(&path, name),
+                    format!("unknown key{hint}"),
+                );
             }
         }
     }
@@ -470,11 +477,7 @@ impl<T: FromToml> FromToml for At<T> {
 }
 
 /// Iterates an array of tables such as `[[route]]`, naming each `route[i]`.
-pub fn tables<'t, 'i>(
-    src: &Source,
-    v: &'t Value<'i>,
-    field: &str,
-) -> Vec<(usize, Table<'t, 'i>)> {
+pub fn tables<'t, 'i>(src: &Source, v: &'t Value<'i>, field: &str) -> Vec<(usize, Table<'t, 'i>)> {
     match v.get_ref() {
         DeValue::Array(items) => items
             .iter()
@@ -517,7 +520,10 @@ mod tests {
     #[test]
     fn misspelt_keys_get_a_suggestion() {
         assert_eq!(
-            closest("header_read_timeuot", &["header_read_timeout", "idle_timeout"]),
+            closest(
+                "header_read_timeuot",
+                &["header_read_timeout", "idle_timeout"]
+            ),
             Some("header_read_timeout")
         );
         assert_eq!(closest("zzz", &["listen"]), None);

@@ -69,8 +69,11 @@ fn read_server(src: &Source, root: &Table) -> Option<ServerConfig> {
         Some(t) => t,
         None => Table::from_value(src, &spanned, "server".into())?,
     };
-    let listen: Vec<SocketAddr> =
-        t.or(src, "listen", vec!["0.0.0.0:8443".parse().expect("literal address")]);
+    let listen: Vec<SocketAddr> = t.or(
+        src,
+        "listen",
+        vec!["0.0.0.0:8443".parse().expect("literal address")],
+    );
     if listen.is_empty() {
         src.report_at(t.loc(src), &t.field("listen"), "needs at least one address");
     }
@@ -137,7 +140,11 @@ fn read_server(src: &Source, root: &Table) -> Option<ServerConfig> {
     }
     let max_connections = t.or(src, "max_connections", 10000usize);
     if max_connections == 0 {
-        src.report_at(t.loc(src), &t.field("max_connections"), "must be at least 1");
+        src.report_at(
+            t.loc(src),
+            &t.field("max_connections"),
+            "must be at least 1",
+        );
     }
     let server = ServerConfig {
         listen,
@@ -189,7 +196,11 @@ fn read_admin(src: &Source, root: &Table) -> AdminConfig {
     };
     let listen = match t.raw("listen").map(|v| v.get_ref()) {
         Some(DeValue::Boolean(false)) => None,
-        _ => Some(t.or(src, "listen", "127.0.0.1:9901".parse().expect("literal address"))),
+        _ => Some(t.or(
+            src,
+            "listen",
+            "127.0.0.1:9901".parse().expect("literal address"),
+        )),
     };
     let admin = AdminConfig {
         listen,
@@ -228,7 +239,14 @@ fn read_token(src: &Source, root: &Table) -> TokenConfig {
     }
     t.finish(
         src,
-        &["header", "cookie", "csrf_origins", "query", "max_bytes", "cache_entries"],
+        &[
+            "header",
+            "cookie",
+            "csrf_origins",
+            "query",
+            "max_bytes",
+            "cache_entries",
+        ],
     );
     cfg
 }
@@ -277,7 +295,11 @@ fn read_issuers(src: &Source, root: &Table) -> Vec<IssuerConfig> {
 fn read_issuer(src: &Source, t: &Table) -> Option<IssuerConfig> {
     let id = t.required_at::<String>(src, "id");
     if let Some(id) = &id {
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             src.report_at(
                 id.loc,
                 &id.field,
@@ -324,7 +346,9 @@ fn read_issuer(src: &Source, t: &Table) -> Option<IssuerConfig> {
             src.report_at(a.loc, &a.field, "needs at least one audience");
         }
     }
-    let algorithms: Vec<jsonwebtoken::Algorithm> = match t.required_at::<Vec<At<String>>>(src, "algorithms") {
+    let algorithms: Vec<jsonwebtoken::Algorithm> = match t
+        .required_at::<Vec<At<String>>>(src, "algorithms")
+    {
         None => Vec::new(),
         Some(list) => {
             if list.is_empty() {
@@ -408,9 +432,7 @@ fn is_hmac(a: jsonwebtoken::Algorithm) -> bool {
 
 /// Identity-provider URLs must be https, except on loopback hosts.
 fn check_idp_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| format!("\"{url}\" is not a URL"))?;
+    let uri: http::Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL"))?;
     let host = uri.host().unwrap_or("");
     match uri.scheme_str() {
         Some("https") if !host.is_empty() => Ok(()),
@@ -503,7 +525,13 @@ fn read_identity(src: &Source, root: &Table) -> IdentityConfig {
     }
     t.finish(
         src,
-        &["headers", "strip", "forward_authorization", "claims_header", "assertion"],
+        &[
+            "headers",
+            "strip",
+            "forward_authorization",
+            "claims_header",
+            "assertion",
+        ],
     );
     cfg
 }
@@ -570,7 +598,11 @@ fn read_upstreams(src: &Source, root: &Table) -> BTreeMap<String, UpstreamConfig
             })
             .collect();
         if endpoints.is_empty() {
-            src.report_at(u.loc(src), &u.field("endpoints"), "needs at least one endpoint");
+            src.report_at(
+                u.loc(src),
+                &u.field("endpoints"),
+                "needs at least one endpoint",
+            );
         }
         let tls = u.sub_table(src, "tls").map(|tls| {
             let cfg = UpstreamTls {
@@ -639,7 +671,11 @@ fn read_routes(
             let lower = h.to_ascii_lowercase();
             if let Some(rest) = lower.strip_prefix("*.") {
                 if rest.is_empty() || rest.contains('*') {
-                    src.report_at(h.loc, &h.field, "a wildcard host looks like \"*.example.com\"");
+                    src.report_at(
+                        h.loc,
+                        &h.field,
+                        "a wildcard host looks like \"*.example.com\"",
+                    );
                     return None;
                 }
                 Some(HostMatch::Wildcard(format!(".{rest}")))
@@ -654,20 +690,26 @@ fn read_routes(
                 Some(HostMatch::Exact(lower))
             }
         });
-        let path_prefix = t
-            .required_at::<String>(src, "path_prefix")
-            .and_then(|p| {
-                if !p.starts_with('/') {
-                    src.report_at(p.loc, &p.field, "must start with '/'");
-                    return None;
-                }
-                if crate::route::path_is_unsafe(&p) {
-                    src.report_at(p.loc, &p.field, "must not contain dot segments, '\\' or encoded slashes");
-                    return None;
-                }
-                let trimmed = p.trim_end_matches('/');
-                Some(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() })
-            });
+        let path_prefix = t.required_at::<String>(src, "path_prefix").and_then(|p| {
+            if !p.starts_with('/') {
+                src.report_at(p.loc, &p.field, "must start with '/'");
+                return None;
+            }
+            if crate::route::path_is_unsafe(&p) {
+                src.report_at(
+                    p.loc,
+                    &p.field,
+                    "must not contain dot segments, '\\' or encoded slashes",
+                );
+                return None;
+            }
+            let trimmed = p.trim_end_matches('/');
+            Some(if trimmed.is_empty() {
+                "/".to_string()
+            } else {
+                trimmed.to_string()
+            })
+        });
         let methods = t.get::<Vec<At<String>>>(src, "methods").map(|ms| {
             ms.into_iter()
                 .filter_map(|m| {
@@ -675,7 +717,11 @@ fn read_routes(
                     match http::Method::from_bytes(upper.as_bytes()) {
                         Ok(method) => Some(method),
                         Err(_) => {
-                            src.report_at(m.loc, &m.field, format!("\"{}\" is not an HTTP method", m.value));
+                            src.report_at(
+                                m.loc,
+                                &m.field,
+                                format!("\"{}\" is not an HTTP method", m.value),
+                            );
                             None
                         }
                     }
@@ -693,7 +739,11 @@ fn read_routes(
                     format!(
                         "no [upstream.{}] is defined (known: {})",
                         u.value,
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 );
                 None
@@ -721,7 +771,11 @@ fn read_routes(
                     if issuers.iter().any(|i| i.id == id.value) {
                         Some(id.value)
                     } else {
-                        src.report_at(id.loc, &id.field, format!("no [[issuer]] has id \"{}\"", id.value));
+                        src.report_at(
+                            id.loc,
+                            &id.field,
+                            format!("no [[issuer]] has id \"{}\"", id.value),
+                        );
                         None
                     }
                 })
@@ -734,7 +788,9 @@ fn read_routes(
                     .filter_map(|(name, kv)| {
                         let field = child_path(&c.path, name);
                         let values = match kv.value.get_ref() {
-                            DeValue::String(_) => String::from_toml(src, kv.value, &field).map(|s| vec![s]),
+                            DeValue::String(_) => {
+                                String::from_toml(src, kv.value, &field).map(|s| vec![s])
+                            }
                             _ => Vec::<String>::from_toml(src, kv.value, &field),
                         }?;
                         if values.is_empty() {
@@ -782,7 +838,11 @@ fn read_routes(
         let id = match id {
             Some(id) => {
                 if out.iter().any(|r| r.id == id.value) {
-                    src.report_at(id.loc, &id.field, format!("\"{}\" is used by another route", id.value));
+                    src.report_at(
+                        id.loc,
+                        &id.field,
+                        format!("\"{}\" is used by another route", id.value),
+                    );
                 }
                 id.value
             }

@@ -32,7 +32,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect();
-    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
         headers.remove(name);
     }
 }
@@ -96,7 +100,11 @@ impl IdentityPlan {
             .chain(cfg.claims_header.clone())
             .chain(cfg.assertion.as_ref().map(|a| a.header.clone()));
         strip.extend(own.map(|h| Pattern::Exact(normalize_header(h.as_str()))));
-        strip.extend(ALWAYS_STRIPPED.iter().map(|h| Pattern::Exact((*h).to_string())));
+        strip.extend(
+            ALWAYS_STRIPPED
+                .iter()
+                .map(|h| Pattern::Exact((*h).to_string())),
+        );
         IdentityPlan {
             headers: cfg.headers.clone(),
             strip,
@@ -128,7 +136,12 @@ impl IdentityPlan {
     }
 
     /// Adds the identity headers from verified claims.
-    pub fn add_identity(&self, headers: &mut HeaderMap, claims: &serde_json::Map<String, Value>, payload_b64: Option<&str>) {
+    pub fn add_identity(
+        &self,
+        headers: &mut HeaderMap,
+        claims: &serde_json::Map<String, Value>,
+        payload_b64: Option<&str>,
+    ) {
         for (name, path) in &self.headers {
             if let Some(v) = claim(claims, path) {
                 if let Some(value) = header_value(v) {

@@ -59,8 +59,9 @@ impl Upstream {
             .https_or_http();
         let https = match tls_cfg.and_then(|t| t.server_name.clone()) {
             Some(name) => {
-                let name = rustls_pki_types::ServerName::try_from(name.clone())
-                    .map_err(|_| format!("tls.server_name \"{name}\" is not a valid server name"))?;
+                let name = rustls_pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+                    format!("tls.server_name \"{name}\" is not a valid server name")
+                })?;
                 https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
             }
             None => https,

@@ -80,7 +80,11 @@ async fn connection(stream: TcpStream, remote: SocketAddr, ctx: Arc<ListenerCtx>
     let _ = stream.set_nodelay(true);
     let runtime = ctx.runtime.load_full();
     let metrics = runtime.metrics.clone();
-    let _active = gauge_guard(metrics.connections_active.with_label_values(&[ctx.name.as_str()]));
+    let _active = gauge_guard(
+        metrics
+            .connections_active
+            .with_label_values(&[ctx.name.as_str()]),
+    );
     let server_cfg = &runtime.config.server;
     let builder = http_builder(server_cfg);
     let handshake_timeout = server_cfg.header_read_timeout;
@@ -108,19 +112,20 @@ async fn connection(stream: TcpStream, remote: SocketAddr, ctx: Arc<ListenerCtx>
         }
         Some(tls) => {
             let acceptor = TlsAcceptor::from(tls.load_full());
-            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    metrics.tls_handshake_errors_total.inc();
-                    tracing::debug!(%remote, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    metrics.tls_handshake_errors_total.inc();
-                    tracing::debug!(%remote, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let stream =
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        metrics.tls_handshake_errors_total.inc();
+                        tracing::debug!(%remote, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.tls_handshake_errors_total.inc();
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
             let client_cert_sha256 = stream
                 .get_ref()
                 .1

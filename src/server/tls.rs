@@ -16,9 +16,7 @@ pub fn server_config(tls: &ServerTls, http2: bool) -> Result<Arc<rustls::ServerC
         (Some(ca), mode) if mode != ClientAuth::None => {
             let mut roots = RootCertStore::empty();
             for c in load_pem_certs(ca)? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
             }
             let v = WebPkiClientVerifier::builder(Arc::new(roots));
             let v = if mode == ClientAuth::Optional {
@@ -26,7 +24,8 @@ pub fn server_config(tls: &ServerTls, http2: bool) -> Result<Arc<rustls::ServerC
             } else {
                 v
             };
-            builder.with_client_cert_verifier(v.build().map_err(|e| format!("{}: {e}", ca.display()))?)
+            builder
+                .with_client_cert_verifier(v.build().map_err(|e| format!("{}: {e}", ca.display()))?)
         }
         _ => builder.with_no_client_auth(),
     };
