@@ -46,6 +46,8 @@ pub struct RunningGateway {
     admin: Arc<AdminState>,
     graceful: Arc<Mutex<Option<GracefulShutdown>>>,
     accept_tasks: Vec<JoinHandle<()>>,
+    admin_task: Option<JoinHandle<()>>,
+    admin_stop: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
     grace: Duration,
     runtime: Arc<ArcSwap<Runtime>>,
@@ -146,6 +148,9 @@ impl Gateway {
             runtime: runtime.clone(),
             draining: AtomicBool::new(false),
         });
+        // The admin listener outlives the drain, so that probes see 503 meanwhile.
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let mut admin_task = None;
         let admin_addr = match config.admin.listen {
             Some(addr) => {
                 let l = TcpListener::bind(addr)
@@ -154,11 +159,7 @@ impl Gateway {
                 let local = l
                     .local_addr()
                     .map_err(|source| StartError::Bind { addr, source })?;
-                accept_tasks.push(tokio::spawn(admin::serve(
-                    l,
-                    admin_state.clone(),
-                    stop_rx.clone(),
-                )));
+                admin_task = Some(tokio::spawn(admin::serve(l, admin_state.clone(), admin_stop_rx)));
                 Some(local)
             }
             None => None,
@@ -181,6 +182,8 @@ impl Gateway {
             admin: admin_state,
             graceful,
             accept_tasks,
+            admin_task,
+            admin_stop,
             background,
             grace: config.server.shutdown_grace,
             runtime,
@@ -220,6 +223,10 @@ impl RunningGateway {
             }
         }
         for t in self.background {
+            t.abort();
+        }
+        let _ = self.admin_stop.send(true);
+        if let Some(t) = self.admin_task {
             t.abort();
         }
     }
