@@ -159,7 +159,11 @@ impl Gateway {
                 let local = l
                     .local_addr()
                     .map_err(|source| StartError::Bind { addr, source })?;
-                admin_task = Some(tokio::spawn(admin::serve(l, admin_state.clone(), admin_stop_rx)));
+                admin_task = Some(tokio::spawn(admin::serve(
+                    l,
+                    admin_state.clone(),
+                    admin_stop_rx,
+                )));
                 Some(local)
             }
             None => None,

@@ -5,6 +5,7 @@
 //! the current set through an atomic pointer and never wait on I/O, except for
 //! that one rate-limited refetch, which all requests needing it share.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,8 +32,13 @@ pub struct IssuerKeys {
     epoch: Instant,
     /// Bumped after every fetch attempt; unknown-kid waiters watch it.
     generation: watch::Sender<u64>,
+    /// Kids that a refetch did not find, until the next successful load.
+    unknown_kids: std::sync::Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
 }
+
+/// Bounds the negative kid memory; past it the `min_refresh` limit still holds.
+const MAX_UNKNOWN_KIDS: usize = 4096;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -54,6 +60,7 @@ impl IssuerKeys {
             last_fetch_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             generation,
+            unknown_kids: std::sync::Mutex::new(HashSet::new()),
             metrics,
         })
     }
@@ -94,33 +101,55 @@ impl IssuerKeys {
     /// for it (bounded by `fetch_timeout`). Returns at once when a fetch
     /// happened less than `min_refresh` ago: a flood of made-up kids costs the
     /// identity provider at most one request per `min_refresh`.
-    pub async fn refetch_for_unknown_kid(&self) -> bool {
+    pub async fn refetch_for_unknown_kid(&self, kid: &str) -> bool {
         if matches!(
             self.config.keys,
             KeySource::Secret(_) | KeySource::JwksFile(_)
         ) {
             return false;
         }
+        if self
+            .unknown_kids
+            .lock()
+            .map(|k| k.contains(kid))
+            .unwrap_or(false)
+        {
+            return false;
+        }
         let last = self.last_fetch_ms.load(Ordering::Acquire);
         let min = self.config.min_refresh.as_millis() as u64;
-        if self.loaded_once() && self.since_epoch_ms().saturating_sub(last) < min {
+        if self.since_epoch_ms().saturating_sub(last) < min {
             return false;
         }
         let mut rx = self.generation.subscribe();
         rx.borrow_and_update();
         self.refetch.notify_one();
-        tokio::time::timeout(
+        let fetched = tokio::time::timeout(
             self.config.fetch_timeout + Duration::from_millis(500),
             rx.changed(),
         )
         .await
-        .is_ok()
+        .is_ok();
+        let found = self.current().is_some_and(|k| k.has_kid(kid));
+        if !found {
+            // Remembered until the next successful refresh, so that the same
+            // made-up kid never asks the identity provider twice.
+            if let Ok(mut k) = self.unknown_kids.lock() {
+                if k.len() < MAX_UNKNOWN_KIDS {
+                    k.insert(kid.to_string());
+                }
+            }
+        }
+        fetched && found
     }
 
     fn install(&self, set: KeySet) {
         let n = set.keys.len() as i64;
         let now = unix_now();
         self.current.store(Some(Arc::new(set)));
+        if let Ok(mut k) = self.unknown_kids.lock() {
+            k.clear();
+        }
         self.last_success.store(now, Ordering::Release);
         self.loaded_once.store(true, Ordering::Release);
         if let Ok(mut e) = self.last_error.lock() {
@@ -167,6 +196,17 @@ impl IssuerKeys {
                 .with_label_values(&[self.config.id.as_str()])
                 .set(0);
         }
+    }
+
+    /// Time left until the current keys pass `stale_for`, so that the refresher
+    /// wakes up to drop them even while backing off.
+    fn until_stale(&self) -> Duration {
+        let last = self.last_success.load(Ordering::Acquire);
+        if last == 0 || self.current.load().is_none() {
+            return Duration::MAX;
+        }
+        let stale_at = last.saturating_add(self.config.stale_for.as_secs());
+        Duration::from_secs(stale_at.saturating_sub(unix_now())).max(Duration::from_millis(100))
     }
 
     /// One load attempt. Returns how long the answer may be cached, if it said.
@@ -254,9 +294,21 @@ impl IssuerKeys {
                     }
                 }
             } else {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.refetch.notified() => {}
+                let due = tokio::time::Instant::now() + wait.min(self.until_stale());
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => break,
+                        _ = self.refetch.notified() => {
+                            // Requests may have asked more than once while the
+                            // last fetch ran; one fetch per min_refresh is all they get.
+                            let since = self
+                                .since_epoch_ms()
+                                .saturating_sub(self.last_fetch_ms.load(Ordering::Acquire));
+                            if since >= cfg.min_refresh.as_millis() as u64 {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
             last = self.load_once(&client).await;

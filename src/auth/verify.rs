@@ -256,7 +256,7 @@ impl Verifier {
         };
         if let Some(kid) = kid {
             if !keys.has_kid(kid) {
-                if issuer.refetch_for_unknown_kid().await {
+                if issuer.refetch_for_unknown_kid(kid).await {
                     if let Some(k) = issuer.current() {
                         keys = k;
                     }
