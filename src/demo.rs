@@ -109,6 +109,15 @@ pub struct Demo {
     pub expired: String,
     pub forged: String,
     pub ca: PathBuf,
+    /// The demo's configuration and JWKS, removed by [`Demo::stop`].
+    pub work: PathBuf,
+}
+
+impl Demo {
+    pub async fn stop(self) {
+        self.gateway.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
 }
 
 /// Starts everything; `certs` is where the certificate goes.
@@ -194,6 +203,7 @@ upstream = "echo"
         expired,
         forged,
         ca: abs(&ca),
+        work,
     })
 }
 
@@ -233,8 +243,10 @@ curl --cacert {ca} https://{host}/admin -H "Authorization: Bearer {valid}"
 # 200 public route; the forged X-User-Id is stripped before the upstream sees it
 curl --cacert {ca} https://{host}/public -H "X-User-Id: root"
 
-# metrics and readiness
+# 200: Prometheus metrics, with a reason for every refusal above
 curl http://{admin}/metrics
+
+# 200: readiness (the keys are loaded)
 curl http://{admin}/readyz
 
 Press Ctrl-C to stop.

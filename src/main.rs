@@ -228,7 +228,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr, certs: PathBuf) -> ExitCode {
         };
         println!("{}", portcullis::demo::instructions(&d));
         wait_for_stop().await;
-        d.gateway.shutdown().await;
+        d.stop().await;
         ExitCode::SUCCESS
     })
 }

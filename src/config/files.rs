@@ -72,16 +72,20 @@ fn readable(path: &PathBuf) -> Result<(), String> {
 
 pub fn check_files(src: &Source, c: &Config) {
     if let Some(tls) = &c.server.tls {
-        report(src, &tls.cert, load_pem_certs(&tls.cert).map(|_| ()));
-        report(src, &tls.key, load_pem_key(&tls.key).map(|_| ()));
-        if let Some(ca) = &tls.client_ca {
-            report(src, ca, load_pem_certs(ca).map(|_| ()));
+        let cert = load_pem_certs(&tls.cert).map(|_| ());
+        let key = load_pem_key(&tls.key).map(|_| ());
+        let ca = tls.client_ca.as_ref().map(|ca| load_pem_certs(ca).map(|_| ()));
+        let files_ok = cert.is_ok() && key.is_ok() && ca.as_ref().is_none_or(|r| r.is_ok());
+        report(src, &tls.cert, cert);
+        report(src, &tls.key, key);
+        if let (Some(at), Some(r)) = (&tls.client_ca, ca) {
+            report(src, at, r);
         }
-        if src.has_problems() {
-            return;
-        }
-        if let Err(e) = crate::server::tls::server_config(tls, c.server.http2) {
-            src.report_at(tls.cert.loc, &tls.cert.field, e);
+        // Only a readable pair can be checked as a pair.
+        if files_ok {
+            if let Err(e) = crate::server::tls::server_config(tls, c.server.http2) {
+                src.report_at(tls.cert.loc, &tls.cert.field, e);
+            }
         }
     }
     if let Some(f) = &c.admin.token_file {

@@ -281,15 +281,13 @@ impl Config {
     pub fn parse(text: &str, file: &Path) -> Result<Config, Problems> {
         let src = reader::Source::new(file, text);
         let config = schema::read(&src, text);
+        // Files are checked even when the text has problems, so that one
+        // run of `check` lists everything there is to fix.
+        if let Some(c) = &config {
+            files::check_files(&src, c);
+        }
         match config {
-            Some(c) if !src.has_problems() => {
-                files::check_files(&src, &c);
-                if src.has_problems() {
-                    Err(Problems(src.into_problems()))
-                } else {
-                    Ok(c)
-                }
-            }
+            Some(c) if !src.has_problems() => Ok(c),
             _ => Err(Problems(src.into_problems())),
         }
     }

@@ -228,6 +228,14 @@ impl<'t, 'i> Table<'t, 'i> {
         src.loc(self.span.start)
     }
 
+    /// Where `key` is written, or the table itself when it is absent.
+    pub fn key_loc(&self, src: &Source, key: &str) -> Loc {
+        match self.table.get_key_value(key) {
+            Some((k, _)) => src.loc(k.span().start),
+            None => self.loc(src),
+        }
+    }
+
     /// The raw value under `key`, marked as known.
     pub fn raw(&self, key: &str) -> Option<&'t Value<'i>> {
         self.used.borrow_mut().push(key.to_string());

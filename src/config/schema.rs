@@ -75,7 +75,7 @@ fn read_server(src: &Source, root: &Table) -> Option<ServerConfig> {
         vec!["0.0.0.0:8443".parse().expect("literal address")],
     );
     if listen.is_empty() {
-        src.report_at(t.loc(src), &t.field("listen"), "needs at least one address");
+        src.report_at(t.key_loc(src, "listen"), &t.field("listen"), "needs at least one address");
     }
     let tls = t.sub_table(src, "tls").and_then(|tls| {
         let cert = tls.required_at::<PathBuf>(src, "cert");
@@ -105,7 +105,7 @@ fn read_server(src: &Source, root: &Table) -> Option<ServerConfig> {
         };
         if client_auth != ClientAuth::None && client_ca.is_none() {
             src.report_at(
-                tls.loc(src),
+                tls.key_loc(src, "client_ca"),
                 &tls.field("client_ca"),
                 "is required when client_auth is \"optional\" or \"required\"",
             );
@@ -133,7 +133,7 @@ fn read_server(src: &Source, root: &Table) -> Option<ServerConfig> {
     let max_header_bytes = t.or(src, "max_header_bytes", 16384usize);
     if max_header_bytes < 1024 {
         src.report_at(
-            t.loc(src),
+            t.key_loc(src, "max_header_bytes"),
             &t.field("max_header_bytes"),
             "must be at least 1024",
         );
@@ -141,7 +141,7 @@ fn read_server(src: &Source, root: &Table) -> Option<ServerConfig> {
     let max_connections = t.or(src, "max_connections", 10000usize);
     if max_connections == 0 {
         src.report_at(
-            t.loc(src),
+            t.key_loc(src, "max_connections"),
             &t.field("max_connections"),
             "must be at least 1",
         );
@@ -260,7 +260,7 @@ fn read_issuers(src: &Source, root: &Table) -> Vec<IssuerConfig> {
         if let Some(i) = read_issuer(src, &t) {
             if out.iter().any(|o| o.id == i.id) {
                 src.report_at(
-                    t.loc(src),
+                    t.key_loc(src, "id"),
                     &t.field("id"),
                     format!("\"{}\" is used by another [[issuer]]", i.id),
                 );
@@ -379,7 +379,7 @@ fn read_issuer(src: &Source, t: &Table) -> Option<IssuerConfig> {
     let hmac = algorithms.iter().filter(|a| is_hmac(**a)).count();
     if hmac > 0 && hmac < algorithms.len() {
         src.report_at(
-            t.loc(src),
+            t.key_loc(src, "algorithms"),
             &t.field("algorithms"),
             "mixes HMAC (HS*) and public-key algorithms; an issuer is one or the other, so that a public key can never be used as an HMAC secret",
         );
@@ -390,7 +390,7 @@ fn read_issuer(src: &Source, t: &Table) -> Option<IssuerConfig> {
         }
         Some(KeySource::Secret(_)) | None => {}
         Some(_) if hmac > 0 => src.report_at(
-            t.loc(src),
+            t.key_loc(src, "algorithms"),
             &t.field("algorithms"),
             "HS* algorithms need secret_file, not a JWKS",
         ),
@@ -400,7 +400,7 @@ fn read_issuer(src: &Source, t: &Table) -> Option<IssuerConfig> {
     let min_refresh = positive(src, t, "min_refresh", Duration::from_secs(30));
     if min_refresh > refresh {
         src.report_at(
-            t.loc(src),
+            t.key_loc(src, "min_refresh"),
             &t.field("min_refresh"),
             "must not be longer than refresh",
         );
@@ -599,7 +599,7 @@ fn read_upstreams(src: &Source, root: &Table) -> BTreeMap<String, UpstreamConfig
             .collect();
         if endpoints.is_empty() {
             src.report_at(
-                u.loc(src),
+                u.key_loc(src, "endpoints"),
                 &u.field("endpoints"),
                 "needs at least one endpoint",
             );
