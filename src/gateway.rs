@@ -22,6 +22,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::Runtime;
 use crate::proxy::headers::IdentityPlan;
 use crate::proxy::upstream::Upstream;
+use crate::revocation::redis_sync::RedisSync;
+use crate::revocation::Revocations;
 use crate::route::RouteTable;
 use crate::server::listener::{self, ListenerCtx};
 
@@ -86,6 +88,21 @@ impl Gateway {
             background.push(tokio::spawn(keys.refresh_loop(client, first)));
         }
 
+        let redis = match &config.revocation.redis {
+            Some(r) => Some(RedisSync::new(r, metrics.clone()).map_err(StartError::Setup)?),
+            None => None,
+        };
+        let revocations = Revocations::open(
+            &config.revocation,
+            &config.issuers,
+            metrics.clone(),
+            redis.clone(),
+        )
+        .map_err(|e| StartError::Setup(format!("revocation.store: {e}")))?;
+        background.push(tokio::spawn(revocations.clone().sweep_loop()));
+        if let Some(r) = redis {
+            background.push(tokio::spawn(r.run(revocations.clone())));
+        }
         let verifier = Arc::new(Verifier::new(
             issuers,
             config.token.cache_entries,
@@ -108,6 +125,7 @@ impl Gateway {
             upstreams,
             metrics: metrics.clone(),
             access_log: AccessLog::stdout(),
+            revocations: revocations.clone(),
             config: config.clone(),
         }));
 
@@ -147,6 +165,11 @@ impl Gateway {
         let admin_state = Arc::new(AdminState {
             runtime: runtime.clone(),
             draining: AtomicBool::new(false),
+            admin_token: match &config.admin.token_file {
+                Some(f) => Some(crate::config::read_secret(f).map_err(StartError::Setup)?),
+                None => None,
+            },
+            revocations: revocations.clone(),
         });
         // The admin listener outlives the drain, so that probes see 503 meanwhile.
         let (admin_stop, admin_stop_rx) = watch::channel(false);

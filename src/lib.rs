@@ -16,6 +16,7 @@ pub mod denial;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
+pub mod revocation;
 pub mod route;
 pub mod server;
 

@@ -43,6 +43,7 @@ pub struct Runtime {
     pub identity: IdentityPlan,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
+    pub revocations: Arc<crate::revocation::Revocations>,
 }
 
 /// What the gateway knows about the connection a request came on.
@@ -341,6 +342,13 @@ async fn authenticate(
     ctx.auth.kid = verified.kid.clone();
     ctx.auth.alg = Some(format!("{:?}", verified.alg));
 
+    let max_lifetime = rt.verifier.issuers[verified.issuer]
+        .config
+        .max_lifetime
+        .as_secs();
+    if rt.revocations.is_revoked(&verified, max_lifetime) {
+        return Err(Denial::Revoked);
+    }
     binding_check(conn, &presented, &verified, route)?;
     policy::check(route, &verified, &issuer_id)?;
 

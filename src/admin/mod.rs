@@ -18,10 +18,48 @@ use tokio::sync::watch;
 
 use crate::body::{full, Body};
 use crate::pipeline::Runtime;
+use crate::revocation::Revocations;
+
+mod revocations;
 
 pub struct AdminState {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub draining: AtomicBool,
+    /// The Bearer secret for the admin API; `None` disables it.
+    pub admin_token: Option<Vec<u8>>,
+    pub revocations: Arc<Revocations>,
+}
+
+/// `Authorization: Bearer <admin token>`, compared in constant time.
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+    let Some(expected) = &state.admin_token else {
+        return Err(json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": "admin_api_disabled", "error_description": "set admin.token_file to enable the admin API"}),
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().as_bytes());
+    let ok = presented
+        .is_some_and(|p| aws_lc_rs::constant_time::verify_slices_are_equal(p, expected).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        let mut r = json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "unauthorized", "error_description": "the admin token is missing or wrong"}),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+        );
+        Err(r)
+    }
 }
 
 impl AdminState {
@@ -50,10 +88,24 @@ pub fn readiness(state: &AdminState) -> (bool, Vec<String>, Vec<String>) {
     if !issuers.is_empty() && !issuers.iter().any(|i| i.has_keys()) {
         reasons.push("no issuer has usable keys".to_string());
     }
+    if !state.revocations.is_loaded() {
+        reasons.push("revocations not loaded yet".to_string());
+    }
+    if let Some(r) = &state.revocations.redis {
+        if !r.synced_once() {
+            let why = r.last_error().unwrap_or_else(|| "not synced yet".into());
+            reasons.push(format!("revocation sync: never synced with Redis: {why}"));
+        } else if !r.connected() {
+            let why = r.last_error().unwrap_or_default();
+            degraded.push(format!(
+                "revocation sync: Redis unreachable, enforcing the last synced list: {why}"
+            ));
+        }
+    }
     (reasons.is_empty(), reasons, degraded)
 }
 
-fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -92,6 +144,10 @@ async fn route(
                 )
             }
         }
+        (_, "/revocations") => match authorized(&state, &req) {
+            Ok(()) => revocations::handle(&state.revocations, req).await,
+            Err(r) => r,
+        },
         (_, "/metrics" | "/healthz" | "/readyz") => {
             let mut r = json_response(
                 StatusCode::METHOD_NOT_ALLOWED,

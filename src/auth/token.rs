@@ -90,7 +90,7 @@ pub fn from_query(query: &str) -> Result<Option<String>, Denial> {
     Ok(found.filter(|v| !v.is_empty()))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

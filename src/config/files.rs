@@ -74,7 +74,10 @@ pub fn check_files(src: &Source, c: &Config) {
     if let Some(tls) = &c.server.tls {
         let cert = load_pem_certs(&tls.cert).map(|_| ());
         let key = load_pem_key(&tls.key).map(|_| ());
-        let ca = tls.client_ca.as_ref().map(|ca| load_pem_certs(ca).map(|_| ()));
+        let ca = tls
+            .client_ca
+            .as_ref()
+            .map(|ca| load_pem_certs(ca).map(|_| ()));
         let files_ok = cert.is_ok() && key.is_ok() && ca.as_ref().is_none_or(|r| r.is_ok());
         report(src, &tls.cert, cert);
         report(src, &tls.key, key);

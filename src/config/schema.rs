@@ -75,7 +75,11 @@ fn read_server(src: &Source, root: &Table) -> Option<ServerConfig> {
         vec!["0.0.0.0:8443".parse().expect("literal address")],
     );
     if listen.is_empty() {
-        src.report_at(t.key_loc(src, "listen"), &t.field("listen"), "needs at least one address");
+        src.report_at(
+            t.key_loc(src, "listen"),
+            &t.field("listen"),
+            "needs at least one address",
+        );
     }
     let tls = t.sub_table(src, "tls").and_then(|tls| {
         let cert = tls.required_at::<PathBuf>(src, "cert");
