@@ -31,12 +31,12 @@ pub struct AdminState {
 }
 
 /// `Authorization: Bearer <admin token>`, compared in constant time.
-fn authorized(state: &AdminState, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
     let Some(expected) = &state.admin_token else {
-        return Err(json_response(
+        return Err(Box::new(json_response(
             StatusCode::FORBIDDEN,
             json!({"error": "admin_api_disabled", "error_description": "set admin.token_file to enable the admin API"}),
-        ));
+        )));
     };
     let presented = req
         .headers()
@@ -58,7 +58,7 @@ fn authorized(state: &AdminState, req: &Request<Incoming>) -> Result<(), Respons
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
         );
-        Err(r)
+        Err(Box::new(r))
     }
 }
 
@@ -146,7 +146,7 @@ async fn route(
         }
         (_, "/revocations") => match authorized(&state, &req) {
             Ok(()) => revocations::handle(&state.revocations, req).await,
-            Err(r) => r,
+            Err(r) => *r,
         },
         (_, "/metrics" | "/healthz" | "/readyz") => {
             let mut r = json_response(
