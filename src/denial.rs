@@ -37,6 +37,8 @@ pub enum Denial {
     BadHost,
     NoRoute,
     MethodNotAllowed(HeaderValue),
+    /// The request head is larger than `max_header_bytes`.
+    HeaderTooLarge,
     /// The upstream refused the connection or reset it.
     UpstreamFailed,
     UpstreamTimeout,
@@ -55,6 +57,7 @@ impl Denial {
             InvalidRequest(_) | BadPath | BadHost => StatusCode::BAD_REQUEST,
             NoRoute => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             UpstreamFailed => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
@@ -97,6 +100,7 @@ impl Denial {
             BadHost => "bad_host",
             NoRoute => "not_found",
             MethodNotAllowed(_) => "method_not_allowed",
+            HeaderTooLarge => "header_too_large",
             UpstreamFailed => "bad_gateway",
             UpstreamTimeout => "gateway_timeout",
             NoHealthyEndpoint => "no_healthy_upstream",
@@ -125,6 +129,7 @@ impl Denial {
             BadHost => "missing or inconsistent Host",
             NoRoute => "no route matches this request",
             MethodNotAllowed(_) => "method not allowed on this route",
+            HeaderTooLarge => "request header fields too large",
             UpstreamFailed => "the upstream service could not be reached",
             UpstreamTimeout => "the upstream service did not answer in time",
             NoHealthyEndpoint => "no healthy upstream endpoint",

@@ -160,7 +160,7 @@ impl Gateway {
                 source,
             })?;
             listen_addrs.push(local);
-            bound.push((l, addr.to_string()));
+            bound.push((l, local.to_string()));
         }
         let admin_state = Arc::new(AdminState {
             runtime: runtime.clone(),

@@ -32,7 +32,7 @@ use crate::metrics::{method_label, Metrics};
 use crate::proxy::forward::{forward, ForwardError};
 use crate::proxy::headers::{remove_hop_by_hop, IdentityPlan};
 use crate::proxy::upstream::Upstreams;
-use crate::route::{path_is_unsafe, Route, RouteMatch, RouteTable};
+use crate::route::{normalize_path, Route, RouteMatch, RouteTable};
 
 /// The hot state requests read: built from one configuration, swapped whole on reload.
 pub struct Runtime {
@@ -217,17 +217,27 @@ async fn phases(
     mut req: Request<Incoming>,
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, Denial> {
-    // Normalize: host and path are settled before anything looks at them.
+    // Normalize: size, host and path are settled before anything looks at them.
+    // (hyper enforces the limit while reading HTTP/1.1 heads, but not below 8 KiB.)
+    let head: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if head > rt.config.server.max_header_bytes {
+        return Err(Denial::HeaderTooLarge);
+    }
     let host = client_host(&req)?;
     ctx.host = host.clone().unwrap_or_default();
-    if path_is_unsafe(req.uri().path()) {
-        return Err(Denial::BadPath);
-    }
+    let path = normalize_path(req.uri().path())
+        .ok_or(Denial::BadPath)?
+        .into_owned();
 
     // Route.
     let route = match rt
         .routes
-        .lookup(&route_host(&ctx.host), req.uri().path(), req.method())
+        .lookup(&route_host(&ctx.host), &path, req.method())
     {
         RouteMatch::Found(r) => r.clone(),
         RouteMatch::MethodNotAllowed(allow) => return Err(Denial::MethodNotAllowed(allow)),
@@ -244,8 +254,11 @@ async fn phases(
 
     // Rewrite.
     let verified = presented.as_ref().map(|(_, v)| v.clone());
+    let upgrade = requested_upgrade(req.headers(), req.version());
     let pq = rewrite(
         rt,
+        upgrade.clone(),
+        &path,
         conn,
         &mut req,
         &route,
@@ -260,6 +273,7 @@ async fn phases(
         .upstreams
         .get(&route.upstream)
         .ok_or(Denial::NoHealthyEndpoint)?;
+    let client_upgrade = upgrade.map(|_| hyper::upgrade::on(&mut req));
     let sent = Instant::now();
     let result = forward(upstream, req, pq).await;
     let took = sent.elapsed();
@@ -273,6 +287,11 @@ async fn phases(
             m.upstream_duration_seconds
                 .with_label_values(&[upstream.name.as_str()])
                 .observe(took.as_secs_f64());
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client) = client_upgrade {
+                    return Ok(splice_upgrade(client, resp));
+                }
+            }
             let (mut parts, incoming) = resp.into_parts();
             remove_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body::stream(incoming)))
@@ -288,6 +307,44 @@ async fn phases(
             })
         }
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (WebSocket, say).
+fn requested_upgrade(headers: &http::HeaderMap, version: http::Version) -> Option<HeaderValue> {
+    if version != http::Version::HTTP_11 {
+        return None;
+    }
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Answers 101 to the client and joins the two upgraded connections.
+fn splice_upgrade(
+    client: hyper::upgrade::OnUpgrade,
+    mut resp: Response<Incoming>,
+) -> Response<Body> {
+    let upstream = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        match tokio::join!(client, upstream) {
+            (Ok(c), Ok(u)) => {
+                let mut c = hyper_util::rt::TokioIo::new(c);
+                let mut u = hyper_util::rt::TokioIo::new(u);
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::debug!("upgrade failed: {e}"),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, body::empty())
 }
 
 const UNSAFE_METHODS: &[Method] = &[Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
@@ -425,6 +482,8 @@ fn binding_check(
 #[allow(clippy::too_many_arguments)]
 fn rewrite(
     rt: &Runtime,
+    upgrade: Option<HeaderValue>,
+    path: &str,
     conn: &ConnInfo,
     req: &mut Request<Incoming>,
     route: &Route,
@@ -451,6 +510,11 @@ fn rewrite(
     } else {
         None
     };
+    if let Some(protocol) = upgrade {
+        // The one hop-by-hop exchange that is proxied: an upgrade, after authentication.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
     rt.identity.strip_client_identity(headers);
     if !route.forward_authorization {
         headers.remove(header::AUTHORIZATION);
@@ -488,19 +552,18 @@ fn rewrite(
     }
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
 
-    let uri = req.uri();
-    let pq = match uri.query() {
+    // The upstream gets the path as routed (unreserved escapes decoded).
+    let pq = match req.uri().query() {
         Some(q) if rt.config.token.query => {
             let q = token::strip_access_token(q);
             if q.is_empty() {
-                uri.path().to_string()
+                path.to_string()
             } else {
-                format!("{}?{q}", uri.path())
+                format!("{path}?{q}")
             }
         }
-        _ => uri
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
     };
     PathAndQuery::try_from(pq).map_err(|_| Denial::BadPath)
 }

@@ -26,8 +26,47 @@ pub fn path_is_unsafe(path: &str) -> bool {
     }
     lower.split('/').any(|seg| {
         let seg = seg.replace("%2e", ".");
+        // `..;x` is a dot segment to servers that read `;` as a parameter.
+        let seg = seg.split(';').next().unwrap_or("");
         seg == "." || seg == ".."
     })
+}
+
+/// Decodes percent-encoded unreserved characters (RFC 3986 2.3: `%61` and `a`
+/// are the same URI), so that `/%61dmin` is routed, and forwarded, as
+/// `/admin`; then refuses unsafe paths. `None`: the path is unsafe.
+pub fn normalize_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let b = path.as_bytes();
+    let unreserved = |c: u8| c.is_ascii_alphanumeric() || b"-._~".contains(&c);
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let decodable = |i: usize| -> Option<u8> {
+        if b.get(i) != Some(&b'%') {
+            return None;
+        }
+        let c = hex(*b.get(i + 1)?)? * 16 + hex(*b.get(i + 2)?)?;
+        unreserved(c).then_some(c)
+    };
+    let path: std::borrow::Cow<'_, str> = if (0..b.len()).any(|i| decodable(i).is_some()) {
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if let Some(c) = decodable(i) {
+                out.push(c);
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        std::borrow::Cow::Owned(String::from_utf8(out).ok()?)
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    };
+    if path_is_unsafe(&path) {
+        None
+    } else {
+        Some(path)
+    }
 }
 
 /// A route, ready for the request path.
@@ -168,5 +207,16 @@ mod tests {
         for p in ["/", "/orders", "/a/b.c/d", "/a/..b", "/a%20b"] {
             assert!(!path_is_unsafe(p), "{p}");
         }
+        assert!(path_is_unsafe("/public/..;/admin"));
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_before_routing() {
+        assert_eq!(normalize_path("/%61dmin").unwrap(), "/admin");
+        assert_eq!(normalize_path("/a%20b").unwrap(), "/a%20b");
+        assert_eq!(normalize_path("/x%7e").unwrap(), "/x~");
+        assert!(normalize_path("/p/%2E%2e/admin").is_none());
+        assert!(normalize_path("/p/%2e%2E;x/admin").is_none());
+        assert!(normalize_path("/a%2fb").is_none());
     }
 }

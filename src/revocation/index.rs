@@ -204,14 +204,19 @@ impl Index {
         }));
     }
 
-    /// Approximate heap bytes of the index, for the benchmark's bytes-per-entry figure.
+    /// Heap bytes of the index's tables (buckets of key and value, plus one
+    /// control byte each), for the benchmark's bytes-per-entry figure.
     pub fn heap_bytes(&self) -> usize {
+        fn table<V>(t: &Table<V>) -> usize {
+            if t.capacity() == 0 {
+                return 0;
+            }
+            // The standard table keeps at most 7/8 of its buckets full, in powers of two.
+            let buckets = (t.capacity() * 8 / 7).next_power_of_two();
+            buckets * (std::mem::size_of::<(u64, V)>() + 1) + 16
+        }
         let s = self.snap.load();
-        let per = |cap: usize, v: usize| cap * (8 + v) + cap + 16;
-        per(s.base.jti.capacity(), 4)
-            + per(s.base.sub.capacity(), 8)
-            + per(s.delta.jti.capacity(), 4)
-            + per(s.delta.sub.capacity(), 8)
+        table(&s.base.jti) + table(&s.base.sub) + table(&s.delta.jti) + table(&s.delta.sub)
     }
 }
 
