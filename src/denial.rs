@@ -4,7 +4,7 @@
 //! output follows.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::body::{full, Body};
 
@@ -24,6 +24,8 @@ pub enum Denial {
     DisallowedAlg,
     Revoked,
     BindingFailed(&'static str),
+    /// The issuer demands DPoP server nonces: here is one to use.
+    UseDpopNonce(String),
     /// The token is valid but lacks what the route requires; carries the
     /// space-separated scopes that were missing (possibly empty for claims).
     InsufficientScope(String),
@@ -50,9 +52,8 @@ impl Denial {
         use Denial::*;
         match self {
             Missing | Malformed(_) | BadSignature | Expired | NotYetValid | WrongIssuer
-            | WrongAudience | UnknownKid(_) | DisallowedAlg | Revoked | BindingFailed(_) => {
-                StatusCode::UNAUTHORIZED
-            }
+            | WrongAudience | UnknownKid(_) | DisallowedAlg | Revoked | BindingFailed(_)
+            | UseDpopNonce(_) => StatusCode::UNAUTHORIZED,
             InsufficientScope(_) | Csrf => StatusCode::FORBIDDEN,
             InvalidRequest(_) | BadPath | BadHost => StatusCode::BAD_REQUEST,
             NoRoute => StatusCode::NOT_FOUND,
@@ -79,7 +80,7 @@ impl Denial {
             UnknownKid(_) => "unknown_kid",
             DisallowedAlg => "disallowed_alg",
             Revoked => "revoked",
-            BindingFailed(_) => "binding_failed",
+            BindingFailed(_) | UseDpopNonce(_) => "binding_failed",
             InsufficientScope(_) => "insufficient_scope",
             Csrf => "csrf",
             _ => return None,
@@ -94,6 +95,7 @@ impl Denial {
             Malformed(_) | BadSignature | Expired | NotYetValid | WrongIssuer | WrongAudience
             | UnknownKid(_) | DisallowedAlg | Revoked | BindingFailed(_) => "invalid_token",
             InsufficientScope(_) => "insufficient_scope",
+            UseDpopNonce(_) => "use_dpop_nonce",
             Csrf => "csrf_check_failed",
             InvalidRequest(_) => "invalid_request",
             BadPath => "bad_path",
@@ -122,6 +124,7 @@ impl Denial {
             DisallowedAlg => "token algorithm not allowed",
             Revoked => "token revoked",
             BindingFailed(why) => why,
+            UseDpopNonce(_) => "a fresh DPoP proof with the server nonce is required",
             InsufficientScope(_) => "the token lacks a scope or claim this route requires",
             Csrf => "cross-site request refused: Origin is not allowed",
             InvalidRequest(why) => why,
@@ -140,6 +143,10 @@ impl Denial {
         use Denial::*;
         match self {
             Missing => Some(r#"Bearer realm="portcullis""#.to_string()),
+            UseDpopNonce(_) => Some(format!(
+                r#"DPoP realm="portcullis", error="use_dpop_nonce", error_description="{}""#,
+                self.description()
+            )),
             InvalidRequest(why) => Some(format!(
                 r#"Bearer realm="portcullis", error="invalid_request", error_description="{why}""#
             )),
@@ -175,8 +182,16 @@ impl Denial {
                 h.insert(header::WWW_AUTHENTICATE, v);
             }
         }
-        if let Denial::MethodNotAllowed(allow) = self {
-            h.insert(header::ALLOW, allow);
+        match self {
+            Denial::MethodNotAllowed(allow) => {
+                h.insert(header::ALLOW, allow);
+            }
+            Denial::UseDpopNonce(nonce) => {
+                if let Ok(v) = HeaderValue::from_str(&nonce) {
+                    h.insert(HeaderName::from_static("dpop-nonce"), v);
+                }
+            }
+            _ => {}
         }
         resp
     }

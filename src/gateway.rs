@@ -126,6 +126,8 @@ impl Gateway {
             metrics: metrics.clone(),
             access_log: AccessLog::stdout(),
             revocations: revocations.clone(),
+            dpop_replay: Arc::default(),
+            dpop_nonces: Arc::default(),
             config: config.clone(),
         }));
 

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod denial;
 pub mod metrics;

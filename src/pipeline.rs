@@ -22,11 +22,13 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::access_log::{rfc3339_now, AccessLine, AccessLog, AuthFields};
+use crate::auth::dpop;
 use crate::auth::policy;
 use crate::auth::token::{self, Presented, TokenSource};
 use crate::auth::verify::{Verified, Verifier};
 use crate::body::{self, Body};
 use crate::config::{AuthMode, Config};
+use crate::cors;
 use crate::denial::Denial;
 use crate::metrics::{method_label, Metrics};
 use crate::proxy::forward::{forward, ForwardError};
@@ -44,6 +46,8 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pub revocations: Arc<crate::revocation::Revocations>,
+    pub dpop_replay: Arc<dpop::ReplayCache>,
+    pub dpop_nonces: Arc<dpop::Nonces>,
 }
 
 /// What the gateway knows about the connection a request came on.
@@ -66,6 +70,8 @@ struct Ctx {
     auth: AuthFields,
     issuer_label: String,
     upstream_ms: Option<f64>,
+    /// The request's `Origin`, for CORS headers on the response.
+    origin: Option<HeaderValue>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -137,6 +143,7 @@ pub async fn handle(
         },
         issuer_label: "unknown".into(),
         upstream_ms: None,
+        origin: None,
     };
     let outcome = std::panic::AssertUnwindSafe(phases(&rt, &conn, req, &mut ctx))
         .catch_unwind()
@@ -165,6 +172,9 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    if let Some(c) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
+        cors::decorate(c, ctx.origin.as_ref(), resp.headers_mut());
+    }
     let elapsed = started.elapsed();
     let route_label = ctx.route.as_ref().map_or("none", |r| r.id.as_str());
     let status = resp.status();
@@ -234,16 +244,19 @@ async fn phases(
         .ok_or(Denial::BadPath)?
         .into_owned();
 
-    // Route.
-    let route = match rt
-        .routes
-        .lookup(&route_host(&ctx.host), &path, req.method())
-    {
+    // Route. A CORS preflight is routed by the method it asks about.
+    let preflight = cors::preflight_method(req.method(), req.headers());
+    let method = preflight.as_ref().unwrap_or(req.method());
+    let route = match rt.routes.lookup(&route_host(&ctx.host), &path, method) {
         RouteMatch::Found(r) => r.clone(),
         RouteMatch::MethodNotAllowed(allow) => return Err(Denial::MethodNotAllowed(allow)),
         RouteMatch::NoRoute => return Err(Denial::NoRoute),
     };
     ctx.route = Some(route.clone());
+    if let (Some(requested), Some(c)) = (&preflight, &route.cors) {
+        return Ok(cors::answer_preflight(c, requested, req.headers()));
+    }
+    ctx.origin = req.headers().get(header::ORIGIN).cloned();
 
     // Authenticate.
     let presented = if route.auth == AuthMode::Public {
@@ -406,7 +419,7 @@ async fn authenticate(
     if rt.revocations.is_revoked(&verified, max_lifetime) {
         return Err(Denial::Revoked);
     }
-    binding_check(conn, &presented, &verified, route)?;
+    binding_check(rt, conn, req, &ctx.host, &presented, &verified, route)?;
     policy::check(route, &verified, &issuer_id)?;
 
     ctx.auth.result = "allowed";
@@ -436,7 +449,10 @@ fn csrf_check(headers: &http::HeaderMap, allowed: &[String]) -> Result<(), Denia
 
 /// Sender-constrained tokens (RFC 8705 certificate binding; RFC 9449 DPoP).
 fn binding_check(
+    rt: &Runtime,
     conn: &ConnInfo,
+    req: &Request<Incoming>,
+    host: &str,
     presented: &Presented,
     v: &Verified,
     route: &Route,
@@ -444,15 +460,49 @@ fn binding_check(
     let cnf = v.claims.get("cnf").and_then(|c| c.as_object());
     let jkt = cnf.and_then(|c| c.get("jkt"));
     let x5t = cnf.and_then(|c| c.get("x5t#S256")).and_then(|x| x.as_str());
-    if jkt.is_some() {
+    if let Some(jkt) = jkt {
         if !presented.dpop_scheme {
             return Err(Denial::BindingFailed(
                 "DPoP-bound token presented as a bearer token",
             ));
         }
-        return Err(Denial::BindingFailed(
-            "DPoP proofs are not accepted by this gateway yet",
-        ));
+        let jkt = jkt
+            .as_str()
+            .ok_or(Denial::BindingFailed("cnf.jkt is not a string"))?;
+        let mut proofs = req.headers().get_all(&DPOP).iter();
+        let (Some(proof), None) = (proofs.next(), proofs.next()) else {
+            return Err(Denial::BindingFailed(
+                "a DPoP-bound token needs exactly one DPoP proof header",
+            ));
+        };
+        let proof = proof
+            .to_str()
+            .map_err(|_| Denial::BindingFailed("DPoP proof is not text"))?;
+        let issuer = &rt.verifier.issuers[v.issuer].config;
+        let target = dpop::Target {
+            method: req.method().as_str(),
+            scheme: if conn.tls { "https" } else { "http" },
+            host,
+            path: req.uri().path(),
+        };
+        let claims = dpop::check_proof(
+            proof,
+            &presented.token,
+            jkt,
+            &target,
+            issuer.leeway,
+            &rt.dpop_replay,
+        )?;
+        if issuer.dpop_nonce {
+            let ok = claims
+                .get("nonce")
+                .and_then(|n| n.as_str())
+                .is_some_and(|n| rt.dpop_nonces.valid(n));
+            if !ok {
+                return Err(Denial::UseDpopNonce(rt.dpop_nonces.issue()));
+            }
+        }
+        return Ok(());
     }
     if let Some(x5t) = x5t {
         return match &conn.client_cert_sha256 {

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -103,38 +105,12 @@ fn string<'a>(jwk: &'a Value, name: &str) -> Result<&'a str, String> {
         .ok_or_else(|| format!("missing \"{name}\""))
 }
 
-fn parse_key(jwk: &Value, issuer: &IssuerConfig) -> Result<Option<VerifyKey>, String> {
-    if let Some(u) = jwk.get("use") {
-        if u.as_str() != Some("sig") {
-            return Ok(None);
-        }
-    }
-    if let Some(ops) = jwk.get("key_ops") {
-        let verify = ops
-            .as_array()
-            .is_some_and(|ops| ops.iter().any(|o| o.as_str() == Some("verify")));
-        if !verify {
-            return Ok(None);
-        }
-    }
+/// The verification key of a public JWK, the algorithms its type allows, and
+/// a fingerprint of its material. Symmetric (`oct`) keys are refused.
+pub fn public_key(jwk: &Value) -> Result<(DecodingKey, &'static [Algorithm], u64), String> {
     let kty = string(jwk, "kty")?;
     let crv = jwk.get("crv").and_then(Value::as_str);
     let family = family(kty, crv)?;
-    let wanted: Option<Algorithm> = match jwk.get("alg").and_then(Value::as_str) {
-        None => None,
-        Some(a) => Some(
-            a.parse::<Algorithm>()
-                .map_err(|_| format!("unknown alg \"{a}\""))?,
-        ),
-    };
-    let algorithms: Vec<Algorithm> = family
-        .iter()
-        .copied()
-        .filter(|a| issuer.algorithms.contains(a) && wanted.is_none_or(|w| w == *a))
-        .collect();
-    if algorithms.is_empty() {
-        return Ok(None);
-    }
     let (key, fingerprint) = match kty {
         "RSA" => {
             let (n, e) = (string(jwk, "n")?, string(jwk, "e")?);
@@ -158,6 +134,39 @@ fn parse_key(jwk: &Value, issuer: &IssuerConfig) -> Result<Option<VerifyKey>, St
             (key, digest(&["OKP", x]))
         }
     };
+    Ok((key, family, fingerprint))
+}
+
+fn parse_key(jwk: &Value, issuer: &IssuerConfig) -> Result<Option<VerifyKey>, String> {
+    if let Some(u) = jwk.get("use") {
+        if u.as_str() != Some("sig") {
+            return Ok(None);
+        }
+    }
+    if let Some(ops) = jwk.get("key_ops") {
+        let verify = ops
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|o| o.as_str() == Some("verify")));
+        if !verify {
+            return Ok(None);
+        }
+    }
+    let (key, family, fingerprint) = public_key(jwk)?;
+    let wanted: Option<Algorithm> = match jwk.get("alg").and_then(Value::as_str) {
+        None => None,
+        Some(a) => Some(
+            a.parse::<Algorithm>()
+                .map_err(|_| format!("unknown alg \"{a}\""))?,
+        ),
+    };
+    let algorithms: Vec<Algorithm> = family
+        .iter()
+        .copied()
+        .filter(|a| issuer.algorithms.contains(a) && wanted.is_none_or(|w| w == *a))
+        .collect();
+    if algorithms.is_empty() {
+        return Ok(None);
+    }
     Ok(Some(VerifyKey {
         kid: jwk.get("kid").and_then(Value::as_str).map(str::to_string),
         key,
@@ -239,4 +248,25 @@ pub fn secret_keyset(secret: &[u8], issuer: &IssuerConfig) -> Result<KeySet, Str
             fingerprint: fp,
         })],
     })
+}
+
+/// RFC 7638: SHA-256 over the required members, in lexicographic order, no spaces.
+pub fn thumbprint(jwk: &Value) -> Result<String, String> {
+    let s = |k: &str| {
+        jwk.get(k)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("JWK lacks \"{k}\""))
+    };
+    let canonical = match s("kty")? {
+        "RSA" => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, s("e")?, s("n")?),
+        "EC" => format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            s("crv")?,
+            s("x")?,
+            s("y")?
+        ),
+        "OKP" => format!(r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#, s("crv")?, s("x")?),
+        other => return Err(format!("no thumbprint for kty {other}")),
+    };
+    Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
 }

@@ -5,7 +5,8 @@ use base64::Engine;
 use jsonwebtoken::Algorithm;
 use rcgen::{KeyPair, SignatureAlgorithm};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+
+pub use crate::auth::jwks::thumbprint;
 
 /// The algorithms `keygen` can make keys for.
 pub const KEYGEN_ALGS: &[&str] = &["RS256", "PS256", "ES256", "ES384", "EdDSA"];
@@ -116,27 +117,6 @@ pub fn public_jwk(key: &KeyPair, alg: Algorithm) -> Result<Value, String> {
     obj.insert("use".into(), json!("sig"));
     obj.insert("alg".into(), json!(format!("{alg:?}")));
     Ok(jwk)
-}
-
-/// RFC 7638: SHA-256 over the required members, in lexicographic order, no spaces.
-pub fn thumbprint(jwk: &Value) -> Result<String, String> {
-    let s = |k: &str| {
-        jwk.get(k)
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("JWK lacks \"{k}\""))
-    };
-    let canonical = match s("kty")? {
-        "RSA" => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, s("e")?, s("n")?),
-        "EC" => format!(
-            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
-            s("crv")?,
-            s("x")?,
-            s("y")?
-        ),
-        "OKP" => format!(r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#, s("crv")?, s("x")?),
-        other => return Err(format!("no thumbprint for kty {other}")),
-    };
-    Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
 }
 
 #[cfg(test)]

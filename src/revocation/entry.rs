@@ -77,10 +77,46 @@ impl Entry {
     }
 }
 
-/// A change, as logged and as published between replicas.
+/// A change, as logged and as published between replicas. `at` (unix
+/// milliseconds) orders changes to the same key: the later one wins, so a
+/// deletion is not undone by a replica that still holds the older entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Op {
-    Add { entry: Entry },
-    Del { key: Key },
+    Add {
+        entry: Entry,
+        #[serde(default)]
+        at: u64,
+    },
+    /// A deletion, remembered (as a tombstone) until `expires_at`, when the
+    /// deleted entry would have expired anyway.
+    Del {
+        key: Key,
+        #[serde(default)]
+        at: u64,
+        #[serde(default)]
+        expires_at: u64,
+    },
+}
+
+impl Op {
+    pub fn key(&self) -> Key {
+        match self {
+            Op::Add { entry, .. } => entry.key(),
+            Op::Del { key, .. } => key.clone(),
+        }
+    }
+
+    pub fn expires_at(&self) -> u64 {
+        match self {
+            Op::Add { entry, .. } => entry.expires_at(),
+            Op::Del { expires_at, .. } => *expires_at,
+        }
+    }
+
+    pub fn at(&self) -> u64 {
+        match self {
+            Op::Add { at, .. } | Op::Del { at, .. } => *at,
+        }
+    }
 }

@@ -5,15 +5,16 @@
 pub mod entry;
 pub mod index;
 pub mod redis_sync;
+mod state;
 pub mod store;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use entry::{Entry, Key, Op};
 use index::{jti_hash, subject_hash, Index};
+use state::State;
 use store::Store;
 
 use crate::auth::verify::{now_unix, Verified};
@@ -41,9 +42,9 @@ struct IssuerLife {
 
 pub struct Revocations {
     index: Index,
-    /// The authoritative list, for the admin API, compaction and Redis merges.
-    /// Writes take this lock first, then the store's.
-    entries: Mutex<BTreeMap<Key, Entry>>,
+    /// The authoritative list (entries and tombstones), for the admin API,
+    /// compaction and Redis merges. Writes take this lock first, then the store's.
+    state: Mutex<State>,
     store: Option<Store>,
     issuers: Vec<IssuerLife>,
     pub redis: Option<Arc<redis_sync::RedisSync>>,
@@ -62,22 +63,21 @@ impl Revocations {
         metrics: Arc<Metrics>,
         redis: Option<Arc<redis_sync::RedisSync>>,
     ) -> Result<Arc<Revocations>, String> {
-        let mut entries = BTreeMap::new();
+        let mut state = State::default();
         let store = match &cfg.store {
             Some(path) => {
                 let (store, ops) = Store::open(path)?;
-                for op in ops {
-                    apply_op(&mut entries, op);
+                for op in &ops {
+                    state.apply(op);
                 }
                 Some(store)
             }
             None => None,
         };
-        let now = now_unix();
-        entries.retain(|_, e: &mut Entry| e.expires_at() > now);
+        state.expire(now_unix());
         let r = Arc::new(Revocations {
             index: Index::default(),
-            entries: Mutex::new(entries),
+            state: Mutex::new(state),
             store,
             issuers: issuers
                 .iter()
@@ -97,22 +97,16 @@ impl Revocations {
     }
 
     fn reindex(&self) {
-        if let Ok(e) = self.entries.lock() {
-            self.index.rebuild(e.values());
-            self.count(&e);
+        if let Ok(st) = self.state.lock() {
+            self.index.rebuild(st.live());
+            self.count(&st);
         }
     }
 
-    fn count(&self, e: &BTreeMap<Key, Entry>) {
-        let jti = e.keys().filter(|k| matches!(k, Key::Jti(_))).count();
-        self.metrics
-            .revocations
-            .with_label_values(&["jti"])
-            .set(jti as i64);
-        self.metrics
-            .revocations
-            .with_label_values(&["sub"])
-            .set((e.len() - jti) as i64);
+    fn count(&self, st: &State) {
+        let g = &self.metrics.revocations;
+        g.with_label_values(&["jti"]).set(st.live_jti as i64);
+        g.with_label_values(&["sub"]).set(st.live_sub as i64);
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -235,171 +229,197 @@ impl Revocations {
         Ok(Key::Subject(issuer.iss.clone(), sub.to_string()))
     }
 
+    fn check_redis(&self) -> Result<(), RevocationError> {
+        match &self.redis {
+            Some(r) if !r.connected() => Err(RevocationError::Unavailable(
+                "Redis is unreachable: the change cannot be shared with the other replicas yet"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs a change through the state and the store on a blocking thread.
+    async fn commit(self: &Arc<Self>, op: Op) -> Result<Option<Op>, RevocationError> {
+        let me = self.clone();
+        let mut done = tokio::task::spawn_blocking(move || me.apply_local(vec![op], true))
+            .await
+            .map_err(|e| RevocationError::Unavailable(format!("store task failed: {e}")))??;
+        Ok(done.pop())
+    }
+
     /// Adds an entry and returns once it is durable: fsynced locally, and
     /// written to Redis when configured. Nothing is acknowledged otherwise.
     pub async fn add(self: &Arc<Self>, entry: Entry) -> Result<Entry, RevocationError> {
-        let redis = self.redis.clone();
-        if let Some(r) = &redis {
-            if !r.connected() {
-                return Err(RevocationError::Unavailable(
-                    "Redis is unreachable: the revocation cannot be shared with the other replicas yet".into(),
-                ));
-            }
-        }
-        let me = self.clone();
-        let merged =
-            tokio::task::spawn_blocking(move || me.apply_local(vec![Op::Add { entry }], true))
-                .await
-                .map_err(|e| RevocationError::Unavailable(format!("store task failed: {e}")))??;
-        let entry = merged
-            .into_iter()
-            .next()
-            .ok_or_else(|| RevocationError::Unavailable("nothing stored".into()))?;
-        if let Some(r) = &redis {
-            r.publish(&Op::Add {
-                entry: entry.clone(),
-            })
-            .await
-            .map_err(RevocationError::Unavailable)?;
-        }
-        Ok(entry)
-    }
-
-    /// Removes an entry; true when it existed.
-    pub async fn remove(self: &Arc<Self>, key: Key) -> Result<bool, RevocationError> {
-        let redis = self.redis.clone();
-        if let Some(r) = &redis {
-            if !r.connected() {
-                return Err(RevocationError::Unavailable(
-                    "Redis is unreachable: the removal cannot be shared with the other replicas yet".into(),
-                ));
-            }
-        }
-        let existed = self
-            .entries
+        self.check_redis()?;
+        let key = entry.key();
+        self.commit(Op::Add {
+            entry,
+            at: now_ms(),
+        })
+        .await?;
+        // The stored record: merged with what was there, possibly stricter.
+        let stored = self
+            .state
             .lock()
-            .map(|e| e.contains_key(&key))
-            .unwrap_or(false);
-        let me = self.clone();
-        let op = Op::Del { key };
-        let op2 = op.clone();
-        tokio::task::spawn_blocking(move || me.apply_local(vec![op2], true))
-            .await
-            .map_err(|e| RevocationError::Unavailable(format!("store task failed: {e}")))??;
-        if let Some(r) = &redis {
-            r.publish(&op).await.map_err(RevocationError::Unavailable)?;
+            .ok()
+            .and_then(|st| st.records.get(&key).map(|r| r.to_op(&key)))
+            .ok_or_else(|| RevocationError::Unavailable("the entry was not stored".into()))?;
+        if let Some(r) = &self.redis {
+            r.publish(&stored)
+                .await
+                .map_err(RevocationError::Unavailable)?;
         }
-        Ok(existed)
+        match stored {
+            Op::Add { entry, .. } => Ok(entry),
+            Op::Del { .. } => Err(RevocationError::Unavailable(
+                "the entry was not stored".into(),
+            )),
+        }
     }
 
-    /// Applies changes to memory and the store (under one lock, store first).
-    /// Returns the entries as stored (merged with any existing ones).
-    pub fn apply_local(&self, ops: Vec<Op>, sync: bool) -> Result<Vec<Entry>, RevocationError> {
-        let mut entries = self
-            .entries
+    /// Removes an entry; false when there was none. The deletion is kept as a
+    /// tombstone until the entry would have expired, so that no replica that
+    /// missed it can bring the entry back.
+    pub async fn remove(self: &Arc<Self>, key: Key) -> Result<bool, RevocationError> {
+        self.check_redis()?;
+        let expires_at = match self
+            .state
+            .lock()
+            .ok()
+            .and_then(|st| st.records.get(&key).cloned())
+        {
+            Some(state::Record::Live { entry, .. }) => entry.expires_at(),
+            _ => return Ok(false),
+        };
+        let op = Op::Del {
+            key,
+            at: now_ms(),
+            expires_at,
+        };
+        let Some(done) = self.commit(op).await? else {
+            return Ok(false);
+        };
+        if let Some(r) = &self.redis {
+            r.publish(&done)
+                .await
+                .map_err(RevocationError::Unavailable)?;
+        }
+        Ok(true)
+    }
+
+    /// Applies changes to the state, the store and the index (under one lock,
+    /// store before memory). Returns the changes that took effect.
+    pub fn apply_local(&self, ops: Vec<Op>, sync: bool) -> Result<Vec<Op>, RevocationError> {
+        let mut st = self
+            .state
             .lock()
             .map_err(|_| RevocationError::Unavailable("revocation state lock poisoned".into()))?;
-        let mut stored = Vec::new();
+        // Work out the effect on a copy of the touched records first, so that
+        // nothing is in memory that the store refused.
         let mut effective = Vec::new();
-        for op in ops {
-            match op {
-                Op::Add { entry } => {
-                    let merged = match entries.get(&entry.key()) {
-                        Some(old) => old.merge(&entry),
-                        None => entry,
-                    };
-                    if entries.get(&merged.key()) == Some(&merged) {
-                        stored.push(merged);
-                        continue;
-                    }
-                    stored.push(merged.clone());
-                    effective.push(Op::Add { entry: merged });
-                }
-                Op::Del { key } => {
-                    if entries.contains_key(&key) {
-                        effective.push(Op::Del { key });
-                    }
-                }
+        let mut undo = Vec::new();
+        for op in &ops {
+            let key = op.key();
+            let before = st.records.get(&key).cloned();
+            if let Some(e) = st.apply(op) {
+                undo.push((key, before));
+                effective.push(e);
             }
         }
         if effective.is_empty() {
-            return Ok(stored);
+            return Ok(effective);
         }
         if let Some(store) = &self.store {
-            store.append(&effective, sync).map_err(|e| {
-                RevocationError::Unavailable(format!("cannot write the revocation store: {e}"))
-            })?;
+            if let Err(e) = store.append(&effective, sync) {
+                // Nothing stays in memory that the store refused.
+                for (key, before) in undo.into_iter().rev() {
+                    match before {
+                        Some(r) => st.records.insert(key, r),
+                        None => st.records.remove(&key),
+                    };
+                }
+                st.recount();
+                self.reindex_locked(&st);
+                return Err(RevocationError::Unavailable(format!(
+                    "cannot write the revocation store: {e}"
+                )));
+            }
         }
         let mut adds = Vec::new();
         let mut dels = Vec::new();
-        for op in effective {
+        for op in &effective {
             match op {
-                Op::Add { entry } => {
-                    entries.insert(entry.key(), entry.clone());
-                    adds.push(entry);
-                }
-                Op::Del { key } => {
-                    entries.remove(&key);
-                    dels.push(key);
-                }
+                Op::Add { entry, .. } => adds.push(entry.clone()),
+                Op::Del { key, .. } => dels.push(key.clone()),
             }
         }
         self.index.apply(&adds, &dels);
-        self.count(&entries);
-        Ok(stored)
+        self.count(&st);
+        Ok(effective)
     }
 
-    /// A page of the list, in key order, after `cursor` (an index into the order).
+    fn reindex_locked(&self, st: &State) {
+        self.index.rebuild(st.live());
+        self.count(st);
+    }
+
+    /// A page of the live list, in key order.
     pub fn list(&self, offset: usize, limit: usize) -> (Vec<Entry>, usize) {
         let now = now_unix();
-        let e = match self.entries.lock() {
-            Ok(e) => e,
-            Err(_) => return (Vec::new(), 0),
+        let Ok(st) = self.state.lock() else {
+            return (Vec::new(), 0);
         };
-        let live = e.values().filter(|x| x.expires_at() > now);
-        let total = e.values().filter(|x| x.expires_at() > now).count();
-        (live.skip(offset).take(limit).cloned().collect(), total)
+        let total = st.live().filter(|x| x.expires_at() > now).count();
+        let page = st
+            .live()
+            .filter(|x| x.expires_at() > now)
+            .skip(offset)
+            .take(limit)
+            .cloned()
+            .collect();
+        (page, total)
     }
 
-    pub fn snapshot(&self) -> Vec<Entry> {
-        self.entries
-            .lock()
-            .map(|e| e.values().cloned().collect())
-            .unwrap_or_default()
+    /// Every record (entries and tombstones) as changes, for Redis merges.
+    pub fn snapshot(&self) -> Vec<Op> {
+        self.state.lock().map(|st| st.ops()).unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.state
+            .lock()
+            .map(|st| st.live_jti + st.live_sub)
+            .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Drops expired entries from memory and the index, and compacts the
-    /// store when it holds much more than the live list.
+    /// Drops expired entries and tombstones from memory and the index, and
+    /// compacts the store when it holds much more than the live list.
     pub fn sweep(&self) {
         let now = now_unix();
-        let live = {
-            let Ok(mut e) = self.entries.lock() else {
+        let records = {
+            let Ok(mut st) = self.state.lock() else {
                 return;
             };
-            let before = e.len();
-            e.retain(|_, x| x.expires_at() > now);
-            let expired = before - e.len();
+            let expired = st.expire(now);
             if expired > 0 {
-                self.index.rebuild(e.values());
-                self.count(&e);
+                self.reindex_locked(&st);
             }
-            let Some(store) = &self.store else { return };
-            if expired == 0 && store.records() <= 2 * e.len() + 64 {
+            let Some(store) = &self.store else {
+                return;
+            };
+            if expired == 0 && store.records() <= 2 * st.records.len() + 64 {
                 return;
             }
             store.begin_compaction();
-            e.values().cloned().collect::<Vec<_>>()
+            st.ops()
         };
         if let Some(store) = &self.store {
-            if let Err(err) = store.finish_compaction(&live) {
+            if let Err(err) = store.finish_compaction(&records) {
                 tracing::error!("revocation store compaction failed: {err}");
             }
         }
@@ -418,17 +438,10 @@ impl Revocations {
     }
 }
 
-fn apply_op(entries: &mut BTreeMap<Key, Entry>, op: Op) {
-    match op {
-        Op::Add { entry } => {
-            let merged = match entries.get(&entry.key()) {
-                Some(old) => old.merge(&entry),
-                None => entry,
-            };
-            entries.insert(merged.key(), merged);
-        }
-        Op::Del { key } => {
-            entries.remove(&key);
-        }
-    }
+/// Unix time in milliseconds, which orders changes to the same key.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -15,7 +15,7 @@ use base64::Engine;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 
-use super::entry::{Entry, Key, Op};
+use super::entry::{Key, Op};
 use super::Revocations;
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
@@ -109,20 +109,14 @@ impl RedisSync {
         let msg = serde_json::to_string(op).map_err(|e| e.to_string())?;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        match op {
-            Op::Add { entry } => {
-                let value = serde_json::to_string(entry).map_err(|e| e.to_string())?;
-                pipe.cmd("SET")
-                    .arg(redis_key(&self.prefix, &entry.key()))
-                    .arg(value)
-                    .arg("EXAT")
-                    .arg(entry.expires_at())
-                    .ignore();
-            }
-            Op::Del { key } => {
-                pipe.cmd("DEL").arg(redis_key(&self.prefix, key)).ignore();
-            }
-        }
+        // Deletions are written as tombstones, not DEL: a replica that missed
+        // the deletion must learn of it at its next resync.
+        pipe.cmd("SET")
+            .arg(redis_key(&self.prefix, &op.key()))
+            .arg(&msg)
+            .arg("EXAT")
+            .arg(op.expires_at().max(1))
+            .ignore();
         pipe.cmd("PUBLISH").arg(self.channel()).arg(msg).ignore();
         let r: Result<(), String> = timed("write", pipe.query_async(&mut con)).await;
         if let Err(e) = &r {
@@ -214,7 +208,7 @@ impl RedisSync {
                 break;
             }
         }
-        let mut remote: Vec<Entry> = Vec::with_capacity(keys.len());
+        let mut remote: Vec<Op> = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
             let values: Vec<Option<String>> =
                 timed("mget", redis::cmd("MGET").arg(chunk).query_async(&mut con)).await?;
@@ -222,38 +216,37 @@ impl RedisSync {
                 values
                     .into_iter()
                     .flatten()
-                    .filter_map(|v| serde_json::from_str::<Entry>(&v).ok()),
+                    .filter_map(|v| serde_json::from_str::<Op>(&v).ok()),
             );
         }
         let now = crate::auth::verify::now_unix();
-        let ops: Vec<Op> = remote
-            .iter()
-            .filter(|e| e.expires_at() > now)
-            .map(|e| Op::Add { entry: e.clone() })
-            .collect();
-        if !ops.is_empty() {
+        remote.retain(|op| op.expires_at() > now);
+        if !remote.is_empty() {
             let r = revs.clone();
+            let ops = remote.clone();
             tokio::task::spawn_blocking(move || r.apply_local(ops, true))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
         }
-        let remote_by_key: std::collections::HashMap<Key, Entry> =
-            remote.into_iter().map(|e| (e.key(), e)).collect();
-        let missing: Vec<Entry> = revs
+        let remote_by_key: std::collections::HashMap<Key, Op> =
+            remote.into_iter().map(|op| (op.key(), op)).collect();
+        // After the merge above, our record of each key is at least as recent
+        // as Redis's; write back every one that differs.
+        let missing: Vec<Op> = revs
             .snapshot()
             .into_iter()
-            .filter(|e| e.expires_at() > now && remote_by_key.get(&e.key()) != Some(e))
+            .filter(|op| op.expires_at() > now && remote_by_key.get(&op.key()) != Some(op))
             .collect();
         for chunk in missing.chunks(500) {
             let mut pipe = redis::pipe();
-            for e in chunk {
-                let value = serde_json::to_string(e).map_err(|x| x.to_string())?;
+            for op in chunk {
+                let value = serde_json::to_string(op).map_err(|x| x.to_string())?;
                 pipe.cmd("SET")
-                    .arg(redis_key(&self.prefix, &e.key()))
+                    .arg(redis_key(&self.prefix, &op.key()))
                     .arg(value)
                     .arg("EXAT")
-                    .arg(e.expires_at())
+                    .arg(op.expires_at())
                     .ignore();
             }
             timed::<()>("merge", pipe.query_async(&mut con)).await?;

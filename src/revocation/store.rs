@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::entry::{Entry, Op};
+use super::entry::Op;
 
 /// No record is this large; a length above it is a torn or foreign file.
 const MAX_RECORD: usize = 1 << 20;
@@ -147,14 +147,15 @@ impl Store {
         }
     }
 
-    /// Writes `live` to a new file, adds what changed meanwhile, and swaps it in.
-    pub fn finish_compaction(&self, live: &[Entry]) -> std::io::Result<()> {
+    /// Writes `live` (entries and tombstones) to a new file, adds what
+    /// changed meanwhile, and swaps it in.
+    pub fn finish_compaction(&self, live: &[Op]) -> std::io::Result<()> {
         let tmp = self.path.with_extension("compacting");
         let result = (|| {
             let mut f = File::create(&tmp)?;
             let mut buf = Vec::with_capacity(live.len() * 96);
-            for e in live {
-                frame(&Op::Add { entry: e.clone() }, &mut buf);
+            for op in live {
+                frame(op, &mut buf);
             }
             f.write_all(&buf)?;
             f.sync_data()?;
@@ -190,12 +191,15 @@ impl Store {
 mod tests {
     use super::*;
 
+    use crate::revocation::entry::Entry;
+
     fn add(j: &str) -> Op {
         Op::Add {
             entry: Entry::Jti {
                 jti: j.into(),
                 expires_at: 4_000_000_000,
             },
+            at: 1,
         }
     }
 
@@ -244,10 +248,7 @@ mod tests {
         s.append(&[add("a"), add("b"), add("c")], true).unwrap();
         s.begin_compaction();
         s.append(&[add("d")], true).unwrap();
-        let live = vec![Entry::Jti {
-            jti: "a".into(),
-            expires_at: 4_000_000_000,
-        }];
+        let live = vec![add("a")];
         s.finish_compaction(&live).unwrap();
         s.append(&[add("e")], true).unwrap();
         drop(s);
