@@ -32,6 +32,8 @@ pub struct IssuerKeys {
     epoch: Instant,
     /// Bumped after every fetch attempt; unknown-kid waiters watch it.
     generation: watch::Sender<u64>,
+    /// A fetch is under way; unknown-kid requests wait for it.
+    fetching: AtomicBool,
     /// Kids that a refetch did not find, until the next successful load.
     unknown_kids: std::sync::Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
@@ -60,6 +62,7 @@ impl IssuerKeys {
             last_fetch_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             generation,
+            fetching: AtomicBool::new(false),
             unknown_kids: std::sync::Mutex::new(HashSet::new()),
             metrics,
         })
@@ -69,16 +72,33 @@ impl IssuerKeys {
         &self.config.id
     }
 
-    /// The usable keys, or `None` before the first load and after `stale_for`.
+    /// The usable keys, or `None` before the first load and after `stale_for`
+    /// (checked here too, so that a fetch hanging past it cannot extend the keys' life).
     pub fn current(&self) -> Option<Arc<KeySet>> {
+        if self.is_stale() {
+            return None;
+        }
         self.current.load_full()
     }
 
     pub fn has_keys(&self) -> bool {
-        self.current
-            .load()
-            .as_ref()
-            .is_some_and(|k| !k.keys.is_empty())
+        !self.is_stale()
+            && self
+                .current
+                .load()
+                .as_ref()
+                .is_some_and(|k| !k.keys.is_empty())
+    }
+
+    fn is_stale(&self) -> bool {
+        if matches!(
+            self.config.keys,
+            KeySource::Secret(_) | KeySource::JwksFile(_)
+        ) {
+            return false;
+        }
+        let last = self.last_success.load(Ordering::Acquire);
+        last != 0 && unix_now().saturating_sub(last) >= self.config.stale_for.as_secs()
     }
 
     pub fn loaded_once(&self) -> bool {
@@ -116,14 +136,17 @@ impl IssuerKeys {
         {
             return false;
         }
-        let last = self.last_fetch_ms.load(Ordering::Acquire);
-        let min = self.config.min_refresh.as_millis() as u64;
-        if self.since_epoch_ms().saturating_sub(last) < min {
-            return false;
-        }
         let mut rx = self.generation.subscribe();
         rx.borrow_and_update();
-        self.refetch.notify_one();
+        // A fetch under way is shared: wait for it rather than refuse.
+        if !self.fetching.load(Ordering::Acquire) {
+            let last = self.last_fetch_ms.load(Ordering::Acquire);
+            let min = self.config.min_refresh.as_millis() as u64;
+            if self.since_epoch_ms().saturating_sub(last) < min {
+                return false;
+            }
+            self.refetch.notify_one();
+        }
         let fetched = tokio::time::timeout(
             self.config.fetch_timeout + Duration::from_millis(500),
             rx.changed(),
@@ -213,6 +236,7 @@ impl IssuerKeys {
     pub async fn load_once(&self, client: &fetch::HttpsClient) -> Result<Option<Duration>, String> {
         self.last_fetch_ms
             .store(self.since_epoch_ms(), Ordering::Release);
+        self.fetching.store(true, Ordering::Release);
         let cfg = &self.config;
         let result: Result<(KeySet, Option<Duration>), String> = async {
             match &cfg.keys {
@@ -253,6 +277,7 @@ impl IssuerKeys {
                 Err(e)
             }
         };
+        self.fetching.store(false, Ordering::Release);
         self.generation.send_modify(|g| *g += 1);
         outcome
     }
@@ -311,6 +336,7 @@ impl IssuerKeys {
                     }
                 }
             }
+            self.drop_if_stale();
             last = self.load_once(&client).await;
         }
     }
