@@ -103,6 +103,23 @@ impl Gateway {
         if let Some(r) = redis {
             background.push(tokio::spawn(r.run(revocations.clone())));
         }
+        let assertions = match &config.identity.assertion {
+            Some(a) => {
+                let claims: Vec<String> = config
+                    .identity
+                    .headers
+                    .iter()
+                    .map(|(_, c)| c.clone())
+                    .collect();
+                let a = Arc::new(
+                    crate::proxy::assertion::Assertions::new(a, &claims)
+                        .map_err(|e| StartError::Setup(format!("identity.assertion.key: {e}")))?,
+                );
+                background.push(tokio::spawn(a.clone().watch()));
+                Some(a)
+            }
+            None => None,
+        };
         let verifier = Arc::new(Verifier::new(
             issuers,
             config.token.cache_entries,
@@ -128,6 +145,7 @@ impl Gateway {
             revocations: revocations.clone(),
             dpop_replay: Arc::default(),
             dpop_nonces: Arc::default(),
+            assertions,
             config: config.clone(),
         }));
 

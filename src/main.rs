@@ -61,6 +61,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TokenCommand {
+    /// Explain, check by check, what the configured gateway decides for a token.
+    Inspect {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// With --path: check that route's policy too.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long, default_value = "")]
+        host: String,
+        #[arg(long)]
+        path: Option<String>,
+        /// The token, or - to read it from standard input.
+        token: String,
+    },
     /// Sign a token.
     Mint {
         /// PEM private key, or a raw secret with --alg HS256/HS384/HS512.
@@ -117,6 +131,16 @@ fn main() -> ExitCode {
             certs,
         } => demo(listen, admin_listen, certs),
         Command::Keygen { alg, out } => keygen(&alg, &out),
+        Command::Token {
+            command:
+                TokenCommand::Inspect {
+                    config,
+                    method,
+                    host,
+                    path,
+                    token,
+                },
+        } => inspect(config, method, host, path, token),
         Command::Token {
             command:
                 TokenCommand::Mint {
@@ -231,6 +255,60 @@ fn demo(listen: SocketAddr, admin: SocketAddr, certs: PathBuf) -> ExitCode {
         d.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+fn inspect(
+    path: Option<PathBuf>,
+    method: String,
+    host: String,
+    route_path: Option<String>,
+    token: String,
+) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let token = if token == "-" {
+        let mut s = String::new();
+        if std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).is_err() {
+            eprintln!("token inspect: cannot read the token from standard input");
+            return ExitCode::from(2);
+        }
+        s.trim().to_string()
+    } else {
+        token
+    };
+    let query = match route_path {
+        Some(p) => match http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
+            Ok(m) => Some(portcullis::auth::trace::RouteQuery {
+                method: m,
+                host,
+                path: p,
+            }),
+            Err(_) => {
+                eprintln!("token inspect: --method {method} is not an HTTP method");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let rt = match runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(portcullis::cli::inspect::inspect(&config, &token, query)) {
+        Ok(trace) => {
+            print!("{}", trace.render());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("token inspect: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn keygen(alg: &str, out: &std::path::Path) -> ExitCode {

@@ -48,6 +48,7 @@ pub struct Runtime {
     pub revocations: Arc<crate::revocation::Revocations>,
     pub dpop_replay: Arc<dpop::ReplayCache>,
     pub dpop_nonces: Arc<dpop::Nonces>,
+    pub assertions: Option<Arc<crate::proxy::assertion::Assertions>>,
 }
 
 /// What the gateway knows about the connection a request came on.
@@ -573,6 +574,11 @@ fn rewrite(
             if p.source == TokenSource::Cookie {
                 strip_cookie(headers, name);
             }
+        }
+    }
+    if let (Some(a), Some(v), Some(p)) = (&rt.assertions, verified, presented) {
+        if let Some(value) = a.value(v, &p.token, &route.upstream) {
+            headers.insert(a.header().clone(), value);
         }
     }
     if let Some(v) = verified {

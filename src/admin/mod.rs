@@ -129,6 +129,20 @@ async fn route(
             );
             r
         }
+        (&Method::GET, "/.well-known/jwks.json") => match &state.runtime.load().assertions {
+            Some(a) => {
+                let mut r = json_response(StatusCode::OK, a.jwks());
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=60"),
+                );
+                r
+            }
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "error_description": "no identity assertion is configured"}),
+            ),
+        },
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             let (ready, reasons, degraded) = readiness(&state);
@@ -144,6 +158,10 @@ async fn route(
                 )
             }
         }
+        (&Method::POST, "/debug/verify") => match authorized(&state, &req) {
+            Ok(()) => debug_verify(&state, req).await,
+            Err(r) => *r,
+        },
         (_, "/revocations") => match authorized(&state, &req) {
             Ok(()) => revocations::handle(&state.revocations, req).await,
             Err(r) => *r,
@@ -160,6 +178,60 @@ async fn route(
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
     };
     Ok(resp)
+}
+
+/// `POST /debug/verify`: the body is a token; `method`, `host` and `path`
+/// query parameters add that route's policy to the trace.
+async fn debug_verify(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    use http_body_util::{BodyExt, Limited};
+    let params: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            Some((
+                crate::auth::token::percent_decode(k)?,
+                crate::auth::token::percent_decode(v)?,
+            ))
+        })
+        .collect();
+    let param = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": "the body must be a token of at most 64 KiB"}),
+            )
+        }
+    };
+    let Ok(token) = std::str::from_utf8(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_request", "error_description": "the body must be the token as text"}),
+        );
+    };
+    let query = match (param("method"), param("path")) {
+        (m, Some(path)) => Some(crate::auth::trace::RouteQuery {
+            method: Method::from_bytes(
+                m.unwrap_or_else(|| "GET".into())
+                    .to_ascii_uppercase()
+                    .as_bytes(),
+            )
+            .unwrap_or(Method::GET),
+            host: param("host").unwrap_or_default(),
+            path,
+        }),
+        _ => None,
+    };
+    let rt = state.runtime.load_full();
+    let revs = rt.revocations.clone();
+    let revoked = move |v: &crate::auth::verify::Verified, max: u64| Some(revs.is_revoked(v, max));
+    let trace =
+        crate::auth::trace::explain(&rt.verifier, &revoked, Some(&rt.routes), token, query).await;
+    json_response(StatusCode::OK, json!(trace))
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {

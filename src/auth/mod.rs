@@ -7,4 +7,5 @@ pub mod jwks;
 pub mod keys;
 pub mod policy;
 pub mod token;
+pub mod trace;
 pub mod verify;

@@ -1,5 +1,6 @@
 //! The command-line tools besides `run`: key generation and token minting.
 //! They live in the library so that tests and the demo use the same code.
 
+pub mod inspect;
 pub mod jwk;
 pub mod mint;

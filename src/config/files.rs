@@ -2,7 +2,7 @@
 //! missing certificate or a short HMAC secret is a configuration error with a
 //! line number and never a half-started gateway.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -62,12 +62,6 @@ fn report<T>(src: &Source, at: &At<T>, r: Result<(), String>) {
     if let Err(e) = r {
         src.report_at(at.loc, &at.field, e);
     }
-}
-
-fn readable(path: &PathBuf) -> Result<(), String> {
-    std::fs::metadata(path)
-        .map(|_| ())
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 pub fn check_files(src: &Source, c: &Config) {
@@ -141,7 +135,7 @@ pub fn check_files(src: &Source, c: &Config) {
         }
     }
     if let Some(a) = &c.identity.assertion {
-        report(src, &a.key, readable(&a.key));
+        report(src, &a.key, crate::proxy::assertion::check_key(&a.key));
     }
     for u in c.upstreams.values() {
         if let Some(tls) = &u.tls {

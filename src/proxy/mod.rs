@@ -1,5 +1,6 @@
 //! Forwarding to upstreams: pools, the header rewrite, the streaming forward.
 
+pub mod assertion;
 pub mod forward;
 pub mod headers;
 pub mod upstream;

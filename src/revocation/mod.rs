@@ -96,6 +96,25 @@ impl Revocations {
         Ok(r)
     }
 
+    /// The list as the store holds it, without opening the store for
+    /// writing: for `token inspect` beside a serving gateway.
+    pub fn open_read_only(
+        cfg: &RevocationConfig,
+        issuers: &[IssuerConfig],
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Revocations>, String> {
+        let read_only = RevocationConfig {
+            store: None,
+            redis: None,
+        };
+        let r = Self::open(&read_only, issuers, metrics, None)?;
+        if let Some(path) = &cfg.store {
+            let ops = Store::read(path)?;
+            r.apply_local(ops, false).map_err(|e| e.to_string())?;
+        }
+        Ok(r)
+    }
+
     fn reindex(&self) {
         if let Ok(st) = self.state.lock() {
             self.index.rebuild(st.live());

@@ -113,6 +113,16 @@ impl Store {
         ))
     }
 
+    /// Reads the intact records without changing the file (for tools that
+    /// run beside a serving gateway). A missing file is an empty list.
+    pub fn read(path: &Path) -> Result<Vec<Op>, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(read_records(&bytes).0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
     /// Appends changes; with `sync`, returns only once they are on disk.
     pub fn append(&self, ops: &[Op], sync: bool) -> std::io::Result<()> {
         let mut buf = Vec::new();
