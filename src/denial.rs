@@ -150,6 +150,10 @@ impl Denial {
             InvalidRequest(why) => Some(format!(
                 r#"Bearer realm="portcullis", error="invalid_request", error_description="{why}""#
             )),
+            InsufficientScope(scope) if scope.is_empty() => Some(format!(
+                r#"Bearer realm="portcullis", error="insufficient_scope", error_description="{}""#,
+                self.description()
+            )),
             InsufficientScope(scope) => Some(format!(
                 r#"Bearer realm="portcullis", error="insufficient_scope", error_description="{}", scope="{}""#,
                 self.description(),

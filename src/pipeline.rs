@@ -503,8 +503,12 @@ fn binding_check(
                 return Err(Denial::UseDpopNonce(rt.dpop_nonces.issue()));
             }
         }
-        return Ok(());
+    } else if presented.dpop_scheme {
+        return Err(Denial::BindingFailed(
+            "DPoP scheme used with a token that is not DPoP-bound",
+        ));
     }
+    // A token bound both ways must pass both checks.
     if let Some(x5t) = x5t {
         return match &conn.client_cert_sha256 {
             Some(have) if have == x5t => Ok(()),
@@ -516,12 +520,7 @@ fn binding_check(
             )),
         };
     }
-    if presented.dpop_scheme {
-        return Err(Denial::BindingFailed(
-            "DPoP scheme used with a token that is not DPoP-bound",
-        ));
-    }
-    if route.require_bound_token {
+    if jkt.is_none() && route.require_bound_token {
         return Err(Denial::BindingFailed(
             "this route requires a sender-constrained token",
         ));
@@ -568,12 +567,11 @@ fn rewrite(
     }
     rt.identity.strip_client_identity(headers);
     if !route.forward_authorization {
+        // Credentials stay at the gateway, on public routes as well.
         headers.remove(header::AUTHORIZATION);
         headers.remove(&DPOP);
-        if let (Some(p), Some(name)) = (presented, &rt.config.token.cookie) {
-            if p.source == TokenSource::Cookie {
-                strip_cookie(headers, name);
-            }
+        if let Some(name) = &rt.config.token.cookie {
+            strip_cookie(headers, name);
         }
     }
     if let (Some(a), Some(v), Some(p)) = (&rt.assertions, verified, presented) {
@@ -610,7 +608,7 @@ fn rewrite(
 
     // The upstream gets the path as routed (unreserved escapes decoded).
     let pq = match req.uri().query() {
-        Some(q) if rt.config.token.query => {
+        Some(q) if rt.config.token.query || !route.forward_authorization => {
             let q = token::strip_access_token(q);
             if q.is_empty() {
                 path.to_string()
