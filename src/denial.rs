@@ -41,6 +41,9 @@ pub enum Denial {
     MethodNotAllowed(HeaderValue),
     /// The request head is larger than `max_header_bytes`.
     HeaderTooLarge,
+    /// The body is larger than the route's `max_body_bytes`.
+    PayloadTooLarge,
+
     /// The upstream refused the connection or reset it.
     UpstreamFailed,
     UpstreamTimeout,
@@ -59,6 +62,8 @@ impl Denial {
             NoRoute => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+
             UpstreamFailed => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
@@ -103,6 +108,8 @@ impl Denial {
             NoRoute => "not_found",
             MethodNotAllowed(_) => "method_not_allowed",
             HeaderTooLarge => "header_too_large",
+            PayloadTooLarge => "payload_too_large",
+
             UpstreamFailed => "bad_gateway",
             UpstreamTimeout => "gateway_timeout",
             NoHealthyEndpoint => "no_healthy_upstream",
@@ -133,6 +140,8 @@ impl Denial {
             NoRoute => "no route matches this request",
             MethodNotAllowed(_) => "method not allowed on this route",
             HeaderTooLarge => "request header fields too large",
+            PayloadTooLarge => "request body larger than this route accepts",
+
             UpstreamFailed => "the upstream service could not be reached",
             UpstreamTimeout => "the upstream service did not answer in time",
             NoHealthyEndpoint => "no healthy upstream endpoint",

@@ -1,7 +1,7 @@
 //! Starting and stopping a whole gateway: key loaders, listeners, admin.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,19 +12,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
-use crate::auth::fetch;
-use crate::auth::keys::IssuerKeys;
-use crate::auth::verify::Verifier;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pipeline::Runtime;
-use crate::proxy::headers::IdentityPlan;
-use crate::proxy::upstream::Upstream;
+use crate::reload::{build_runtime, Reloader, Shared};
 use crate::revocation::redis_sync::RedisSync;
 use crate::revocation::Revocations;
-use crate::route::RouteTable;
 use crate::server::listener::{self, ListenerCtx};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +42,18 @@ pub struct RunningGateway {
     graceful: Arc<Mutex<Option<GracefulShutdown>>>,
     accept_tasks: Vec<JoinHandle<()>>,
     admin_task: Option<JoinHandle<()>>,
-    admin_stop: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
-    grace: Duration,
-    runtime: Arc<ArcSwap<Runtime>>,
+    reloader: Arc<Reloader>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let local = l
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((l, local))
 }
 
 impl Gateway {
@@ -63,30 +64,7 @@ impl Gateway {
         crate::install_crypto_providers();
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
-        metrics.init_labels(&config);
-
         let mut background = Vec::new();
-        let mut issuers = Vec::new();
-        let mut first_loads = Vec::new();
-        for ic in &config.issuers {
-            let keys = IssuerKeys::new(Arc::new(ic.clone()), metrics.clone());
-            let client = Arc::new(
-                fetch::client(ic.ca.as_deref().map(|p| p.as_path())).map_err(StartError::Setup)?,
-            );
-            let k = keys.clone();
-            let c = client.clone();
-            first_loads.push(async move {
-                let first = k.load_once(&c).await;
-                (k, c, first)
-            });
-            issuers.push(keys);
-        }
-        for (keys, client, first) in futures_util::future::join_all(first_loads).await {
-            if let Err(e) = &first {
-                tracing::error!(issuer = %keys.id(), "initial key load failed: {e}");
-            }
-            background.push(tokio::spawn(keys.refresh_loop(client, first)));
-        }
 
         let redis = match &config.revocation.redis {
             Some(r) => Some(RedisSync::new(r, metrics.clone()).map_err(StartError::Setup)?),
@@ -103,51 +81,12 @@ impl Gateway {
         if let Some(r) = redis {
             background.push(tokio::spawn(r.run(revocations.clone())));
         }
-        let assertions = match &config.identity.assertion {
-            Some(a) => {
-                let claims: Vec<String> = config
-                    .identity
-                    .headers
-                    .iter()
-                    .map(|(_, c)| c.clone())
-                    .collect();
-                let a = Arc::new(
-                    crate::proxy::assertion::Assertions::new(a, &claims)
-                        .map_err(|e| StartError::Setup(format!("identity.assertion.key: {e}")))?,
-                );
-                background.push(tokio::spawn(a.clone().watch()));
-                Some(a)
-            }
-            None => None,
-        };
-        let verifier = Arc::new(Verifier::new(
-            issuers,
-            config.token.cache_entries,
-            metrics.clone(),
-        ));
-        let mut upstreams = HashMap::new();
-        for (name, u) in &config.upstreams {
-            upstreams.insert(
-                name.clone(),
-                Arc::new(
-                    Upstream::new(u)
-                        .map_err(|e| StartError::Setup(format!("upstream.{name}: {e}")))?,
-                ),
-            );
-        }
-        let runtime = Arc::new(ArcSwap::from_pointee(Runtime {
-            routes: RouteTable::new(&config.routes, config.identity.forward_authorization),
-            identity: IdentityPlan::new(&config.identity),
-            verifier,
-            upstreams,
-            metrics: metrics.clone(),
-            access_log: AccessLog::stdout(),
-            revocations: revocations.clone(),
-            dpop_replay: Arc::default(),
-            dpop_nonces: Arc::default(),
-            assertions,
-            config: config.clone(),
-        }));
+
+        let shared = Arc::new(Shared::new(metrics.clone(), revocations.clone()));
+        let runtime = build_runtime(&shared, config.clone())
+            .await
+            .map_err(StartError::Setup)?;
+        let runtime = Arc::new(ArcSwap::from_pointee(runtime));
 
         let tls = match &config.server.tls {
             Some(t) => Some(Arc::new(ArcSwap::new(
@@ -165,55 +104,29 @@ impl Gateway {
         let (stop, stop_rx) = watch::channel(false);
         let graceful = Arc::new(Mutex::new(Some(GracefulShutdown::new())));
         let limit = Arc::new(Semaphore::new(config.server.max_connections));
-        let mut listen_addrs = Vec::new();
-        let mut accept_tasks = Vec::new();
         let mut bound = Vec::new();
         for addr in &config.server.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-            let local = l.local_addr().map_err(|source| StartError::Bind {
-                addr: *addr,
-                source,
-            })?;
-            listen_addrs.push(local);
-            bound.push((l, local.to_string()));
+            bound.push(bind(*addr).await?);
         }
+        let listen_addrs = bound.iter().map(|(_, a)| *a).collect();
         let admin_state = Arc::new(AdminState {
             runtime: runtime.clone(),
             draining: AtomicBool::new(false),
-            admin_token: match &config.admin.token_file {
-                Some(f) => Some(crate::config::read_secret(f).map_err(StartError::Setup)?),
-                None => None,
-            },
-            revocations: revocations.clone(),
+            revocations,
         });
         // The admin listener outlives the drain, so that probes see 503 meanwhile.
-        let (admin_stop, admin_stop_rx) = watch::channel(false);
-        let mut admin_task = None;
-        let admin_addr = match config.admin.listen {
+        let (admin_addr, admin_task) = match config.admin.listen {
             Some(addr) => {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                let local = l
-                    .local_addr()
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                admin_task = Some(tokio::spawn(admin::serve(
-                    l,
-                    admin_state.clone(),
-                    admin_stop_rx,
-                )));
-                Some(local)
+                let (l, local) = bind(addr).await?;
+                let task = tokio::spawn(admin::serve(l, admin_state.clone()));
+                (Some(local), Some(task))
             }
-            None => None,
+            None => (None, None),
         };
-        for (l, name) in bound {
+        let mut accept_tasks = Vec::new();
+        for (l, local) in bound {
             let ctx = Arc::new(ListenerCtx {
-                name,
+                name: local.to_string(),
                 runtime: runtime.clone(),
                 tls: tls.clone(),
                 limit: limit.clone(),
@@ -230,10 +143,8 @@ impl Gateway {
             graceful,
             accept_tasks,
             admin_task,
-            admin_stop,
             background,
-            grace: config.server.shutdown_grace,
-            runtime,
+            reloader: Arc::new(Reloader::new(shared, runtime, tls)),
         })
     }
 }
@@ -249,30 +160,59 @@ impl RunningGateway {
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
-        self.runtime.load().metrics.clone()
+        self.reloader.shared.metrics.clone()
+    }
+
+    /// Swaps in a new configuration (see [`Reloader::apply`]).
+    pub async fn reload(&self, config: Config) -> Result<(), String> {
+        self.reloader.apply(config).await
+    }
+
+    /// Reads, validates and applies a configuration file.
+    pub async fn reload_file(&self, path: &std::path::Path) -> Result<(), String> {
+        self.reloader.reload_file(path).await
+    }
+
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
+    /// Reloads whenever `path` or the certificate and key it names change.
+    pub fn watch_config(&mut self, path: PathBuf) {
+        let task = tokio::spawn(self.reloader.clone().watch(path, Duration::from_secs(2)));
+        self.background.push(task);
     }
 
     /// Readiness goes to 503, listeners stop accepting, in-flight requests
-    /// get `shutdown_grace` to finish.
+    /// (and upgraded connections) get `shutdown_grace` to finish.
     pub async fn shutdown(self) {
         self.admin.set_draining();
+        let grace = self.reloader.runtime.load().config.server.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         let _ = self.stop.send(true);
         for t in &self.accept_tasks {
             t.abort();
         }
         let graceful = self.graceful.lock().ok().and_then(|mut g| g.take());
         if let Some(g) = graceful {
-            if tokio::time::timeout(self.grace, g.shutdown())
+            if tokio::time::timeout_at(deadline, g.shutdown())
                 .await
                 .is_err()
             {
                 tracing::warn!("shutdown_grace passed with requests still in flight; closing them");
             }
         }
+        let upgrades = self.reloader.shared.upgrades.clone();
+        if tokio::time::timeout_at(deadline, upgrades.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown_grace passed with upgraded connections open; closing them");
+        }
         for t in self.background {
             t.abort();
         }
-        let _ = self.admin_stop.send(true);
+        self.reloader.shared.stop();
         if let Some(t) = self.admin_task {
             t.abort();
         }

@@ -17,6 +17,7 @@ pub mod denial;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
+pub mod reload;
 pub mod revocation;
 pub mod route;
 pub mod server;

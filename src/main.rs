@@ -184,7 +184,8 @@ fn check(path: Option<PathBuf>) -> ExitCode {
 }
 
 fn run(path: Option<PathBuf>) -> ExitCode {
-    let config = match load(path) {
+    let path = path.unwrap_or_else(config::default_path);
+    let config = match load(Some(path.clone())) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -197,18 +198,49 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let gw = match portcullis::Gateway::start(config).await {
+        let mut gw = match portcullis::Gateway::start(config).await {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::from(1);
             }
         };
-        wait_for_stop().await;
+        gw.watch_config(path.clone());
+        serve_until_stopped(&gw, &path).await;
         tracing::info!("stopping: draining in-flight requests");
         gw.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+async fn serve_until_stopped(gw: &portcullis::RunningGateway, path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading {}", path.display());
+                    let _ = gw.reload_file(path).await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (gw, path);
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn wait_for_stop() {

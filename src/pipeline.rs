@@ -19,6 +19,7 @@ use futures_util::FutureExt;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 
 use crate::access_log::{rfc3339_now, AccessLine, AccessLog, AuthFields};
@@ -49,6 +50,9 @@ pub struct Runtime {
     pub dpop_replay: Arc<dpop::ReplayCache>,
     pub dpop_nonces: Arc<dpop::Nonces>,
     pub assertions: Option<Arc<crate::proxy::assertion::Assertions>>,
+    pub upgrades: Arc<crate::reload::UpgradeTracker>,
+    /// The Bearer secret of the admin API; `None` disables it.
+    pub admin_token: Option<Vec<u8>>,
 }
 
 /// What the gateway knows about the connection a request came on.
@@ -146,12 +150,10 @@ pub async fn handle(
         upstream_ms: None,
         origin: None,
     };
-    let outcome = std::panic::AssertUnwindSafe(phases(&rt, &conn, req, &mut ctx))
-        .catch_unwind()
-        .await;
+    let outcome = guarded(phases(&rt, &conn, req, &mut ctx), &rt.metrics).await;
     let mut resp = match outcome {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(denial)) => {
+        Some(Ok(resp)) => resp,
+        Some(Err(denial)) => {
             if let Some(result) = denial.auth_result() {
                 ctx.auth.result = result;
                 rt.metrics
@@ -161,8 +163,7 @@ pub async fn handle(
             }
             denial.into_response(ctx.request_id.to_str().unwrap_or("-"))
         }
-        Err(_) => {
-            rt.metrics.panics_total.inc();
+        None => {
             tracing::error!(request_id = ?ctx.request_id, "request handler panicked");
             let mut r = Response::new(body::full(
                 r#"{"error":"internal_error","error_description":"internal error"}"#,
@@ -204,6 +205,18 @@ pub async fn handle(
         auth: ctx.auth,
     });
     Ok(resp)
+}
+
+/// Runs a request's phases so that a panic in them costs that request a 500
+/// and a count in `panics_total`, never the connection's neighbours or the process.
+async fn guarded<T>(phases: impl std::future::Future<Output = T>, metrics: &Metrics) -> Option<T> {
+    match std::panic::AssertUnwindSafe(phases).catch_unwind().await {
+        Ok(v) => Some(v),
+        Err(_) => {
+            metrics.panics_total.inc();
+            None
+        }
+    }
 }
 
 fn path_for_log(req: &Request<Incoming>, strip_token: bool) -> String {
@@ -288,6 +301,21 @@ async fn phases(
         .get(&route.upstream)
         .ok_or(Denial::NoHealthyEndpoint)?;
     let client_upgrade = upgrade.map(|_| hyper::upgrade::on(&mut req));
+    let req = match route.max_body_bytes {
+        Some(max) => {
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max as u64) {
+                return Err(Denial::PayloadTooLarge);
+            }
+            // A body without a length is cut off at the limit mid-stream.
+            req.map(|b| Either::Right(Limited::new(b, max)))
+        }
+        None => req.map(Either::Left),
+    };
     let sent = Instant::now();
     let result = forward(upstream, req, pq).await;
     let took = sent.elapsed();
@@ -303,7 +331,7 @@ async fn phases(
                 .observe(took.as_secs_f64());
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client) = client_upgrade {
-                    return Ok(splice_upgrade(client, resp));
+                    return Ok(splice_upgrade(client, resp, rt.upgrades.enter()));
                 }
             }
             let (mut parts, incoming) = resp.into_parts();
@@ -345,9 +373,11 @@ fn requested_upgrade(headers: &http::HeaderMap, version: http::Version) -> Optio
 fn splice_upgrade(
     client: hyper::upgrade::OnUpgrade,
     mut resp: Response<Incoming>,
+    guard: crate::reload::UpgradeGuard,
 ) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
+        let _open = guard;
         match tokio::join!(client, upstream) {
             (Ok(c), Ok(u)) => {
                 let mut c = hyper_util::rt::TokioIo::new(c);
@@ -643,6 +673,17 @@ fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_request_is_caught_and_counted() {
+        let m = Metrics::new();
+        let out = guarded(async { panic!("boom") }, &m).await;
+        let _: Option<()> = out;
+        assert!(out.is_none());
+        assert_eq!(m.panics_total.get(), 1);
+        assert_eq!(guarded(async { 7 }, &m).await, Some(7));
+        assert_eq!(m.panics_total.get(), 1);
+    }
 
     #[test]
     fn route_host_drops_port_and_case() {

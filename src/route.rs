@@ -84,6 +84,7 @@ pub struct Route {
     pub require_bound_token: bool,
     pub forward_authorization: bool,
     pub cors: Option<CorsConfig>,
+    pub max_body_bytes: Option<usize>,
 }
 
 impl Route {
@@ -130,6 +131,7 @@ impl RouteTable {
                 require_bound_token: r.require_bound_token,
                 forward_authorization: r.forward_authorization.unwrap_or(forward_authorization),
                 cors: r.cors.clone(),
+                max_body_bytes: r.max_body_bytes,
             });
             match &r.host {
                 Some(HostMatch::Exact(h)) => t.exact.entry(h.clone()).or_default().push(route),

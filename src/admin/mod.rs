@@ -14,7 +14,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::body::{full, Body};
 use crate::pipeline::Runtime;
@@ -25,14 +24,13 @@ mod revocations;
 pub struct AdminState {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub draining: AtomicBool,
-    /// The Bearer secret for the admin API; `None` disables it.
-    pub admin_token: Option<Vec<u8>>,
     pub revocations: Arc<Revocations>,
 }
 
 /// `Authorization: Bearer <admin token>`, compared in constant time.
 fn authorized(state: &AdminState, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
-    let Some(expected) = &state.admin_token else {
+    let rt = state.runtime.load();
+    let Some(expected) = &rt.admin_token else {
         return Err(Box::new(json_response(
             StatusCode::FORBIDDEN,
             json!({"error": "admin_api_disabled", "error_description": "set admin.token_file to enable the admin API"}),
@@ -234,14 +232,12 @@ async fn debug_verify(state: &AdminState, req: Request<Incoming>) -> Response<Bo
     json_response(StatusCode::OK, json!(trace))
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+/// Serves the admin listener until its task is aborted.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => continue,
-            },
-            _ = stop.changed() => return,
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
         };
         let state = state.clone();
         tokio::spawn(async move {

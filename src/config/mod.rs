@@ -245,6 +245,8 @@ pub struct RouteConfig {
     pub require_bound_token: bool,
     pub forward_authorization: Option<bool>,
     pub cors: Option<CorsConfig>,
+    /// Request bodies larger than this are refused with 413.
+    pub max_body_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone)]

@@ -819,6 +819,7 @@ fn read_routes(
         let scopes = t.or(src, "scopes", Vec::new());
         let require_bound_token = t.or(src, "require_bound_token", false);
         let forward_authorization = t.get(src, "forward_authorization");
+        let max_body_bytes = t.get(src, "max_body_bytes");
         t.finish(
             src,
             &[
@@ -834,6 +835,7 @@ fn read_routes(
                 "require_bound_token",
                 "forward_authorization",
                 "cors",
+                "max_body_bytes",
             ],
         );
         let (Some(path_prefix), Some(upstream), Some(auth)) = (path_prefix, upstream, auth) else {
@@ -865,6 +867,7 @@ fn read_routes(
             require_bound_token,
             forward_authorization,
             cors,
+            max_body_bytes,
         });
     }
     out

@@ -5,7 +5,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-use super::upstream::Upstream;
+use super::upstream::{Upstream, UpstreamBody};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardError {
@@ -29,7 +29,7 @@ impl ForwardError {
 
 pub async fn forward(
     up: &Upstream,
-    mut req: Request<Incoming>,
+    mut req: Request<UpstreamBody>,
     path_and_query: PathAndQuery,
 ) -> Result<Response<Incoming>, ForwardError> {
     let idx = up.pick().ok_or(ForwardError::NoEndpoint)?;

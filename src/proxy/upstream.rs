@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
 use hyper::body::Incoming;
+
+/// The request body as forwarded: as received, or bounded by the route's `max_body_bytes`.
+pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Limited<Incoming>>;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -29,7 +32,7 @@ pub struct Upstream {
     pub endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     epoch: Instant,
-    pub client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    pub client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     pub response_timeout: Duration,
 }
 

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::idle::IdleIo;
 use crate::config::ServerConfig;
 use crate::metrics::gauge_guard;
 use crate::pipeline::{handle, ConnInfo, Runtime};
@@ -78,6 +79,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, mut stop: watch
 
 async fn connection(stream: TcpStream, remote: SocketAddr, ctx: Arc<ListenerCtx>) {
     let _ = stream.set_nodelay(true);
+    let stream = IdleIo::new(stream, ctx.runtime.load().config.server.idle_timeout);
     let runtime = ctx.runtime.load_full();
     let metrics = runtime.metrics.clone();
     let _active = gauge_guard(
