@@ -113,6 +113,7 @@ impl Gateway {
             runtime: runtime.clone(),
             draining: AtomicBool::new(false),
             revocations,
+            started: std::time::Instant::now(),
         });
         // The admin listener outlives the drain, so that probes see 503 meanwhile.
         let (admin_addr, admin_task) = match config.admin.listen {

@@ -20,11 +20,13 @@ use crate::pipeline::Runtime;
 use crate::revocation::Revocations;
 
 mod revocations;
+mod status;
 
 pub struct AdminState {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub draining: AtomicBool,
     pub revocations: Arc<Revocations>,
+    pub started: std::time::Instant,
 }
 
 /// `Authorization: Bearer <admin token>`, compared in constant time.
@@ -141,6 +143,20 @@ async fn route(
                 json!({"error": "not_found", "error_description": "no identity assertion is configured"}),
             ),
         },
+        (&Method::GET, "/") => {
+            let mut r = Response::new(full(status::render(&state, state.started)));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+            );
+            r
+        }
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             let (ready, reasons, degraded) = readiness(&state);
