@@ -88,12 +88,6 @@ pub struct Route {
 }
 
 impl Route {
-    fn matches_path(&self, path: &str) -> bool {
-        self.prefix == "/"
-            || (path.starts_with(&self.prefix)
-                && matches!(path.as_bytes().get(self.prefix.len()), None | Some(b'/')))
-    }
-
     fn allows(&self, m: &Method) -> bool {
         self.methods.as_ref().is_none_or(|ms| ms.contains(m))
     }
@@ -105,13 +99,45 @@ pub enum RouteMatch<'a> {
     NoRoute,
 }
 
+/// The routes of one host group, by path prefix: a lookup tries the path's
+/// own segment prefixes, longest first, so it costs a few hash probes however
+/// many routes there are.
+#[derive(Debug, Default)]
+struct Group {
+    by_prefix: HashMap<String, Vec<Arc<Route>>>,
+}
+
+impl Group {
+    fn add(&mut self, route: Arc<Route>) {
+        self.by_prefix
+            .entry(route.prefix.clone())
+            .or_default()
+            .push(route);
+    }
+
+    /// The routes at the longest prefix of `path` (whole segments).
+    fn longest(&self, path: &str) -> Option<&[Arc<Route>]> {
+        let mut end = path.len();
+        loop {
+            if let Some(v) = self.by_prefix.get(&path[..end]) {
+                return Some(v);
+            }
+            match path[..end].rfind('/') {
+                Some(0) if end > 1 => end = 1,
+                Some(i) if i > 0 => end = i,
+                _ => return None,
+            }
+        }
+    }
+}
+
 /// Routes grouped by how specifically they name the host.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    exact: HashMap<String, Vec<Arc<Route>>>,
+    exact: HashMap<String, Group>,
     /// `.example.com` suffixes, longest (most specific) first.
-    wildcard: Vec<(String, Vec<Arc<Route>>)>,
-    any: Vec<Arc<Route>>,
+    wildcard: Vec<(String, Group)>,
+    any: Group,
 }
 
 impl RouteTable {
@@ -134,12 +160,16 @@ impl RouteTable {
                 max_body_bytes: r.max_body_bytes,
             });
             match &r.host {
-                Some(HostMatch::Exact(h)) => t.exact.entry(h.clone()).or_default().push(route),
+                Some(HostMatch::Exact(h)) => t.exact.entry(h.clone()).or_default().add(route),
                 Some(HostMatch::Wildcard(s)) => match t.wildcard.iter_mut().find(|(w, _)| w == s) {
-                    Some((_, v)) => v.push(route),
-                    None => t.wildcard.push((s.clone(), vec![route])),
+                    Some((_, g)) => g.add(route),
+                    None => {
+                        let mut g = Group::default();
+                        g.add(route);
+                        t.wildcard.push((s.clone(), g));
+                    }
                 },
-                None => t.any.push(route),
+                None => t.any.add(route),
             }
         }
         t.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
@@ -148,28 +178,22 @@ impl RouteTable {
 
     /// Finds the route for a request. `host` is lower case without its port.
     pub fn lookup(&self, host: &str, path: &str, method: &Method) -> RouteMatch<'_> {
-        let exact = self.exact.get(host).map(Vec::as_slice);
+        let exact = self.exact.get(host);
         let wild = self
             .wildcard
             .iter()
             .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
-            .map(|(_, v)| v.as_slice());
+            .map(|(_, g)| g);
         let groups = exact
             .into_iter()
             .chain(wild)
-            .chain(std::iter::once(self.any.as_slice()));
+            .chain(std::iter::once(&self.any));
         for group in groups {
-            let best = group
-                .iter()
-                .filter(|r| r.matches_path(path))
-                .map(|r| r.prefix.len())
-                .max();
-            let Some(len) = best else { continue };
+            let Some(routes) = group.longest(path) else {
+                continue;
+            };
             let mut allow: Vec<&str> = Vec::new();
-            for r in group
-                .iter()
-                .filter(|r| r.prefix.len() == len && r.matches_path(path))
-            {
+            for r in routes {
                 if r.allows(method) {
                     return RouteMatch::Found(r);
                 }
