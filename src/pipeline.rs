@@ -95,8 +95,41 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+    let id = uuid::Builder::from_random_bytes(fast_random()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Random bytes for request ids from a per-thread xorshift generator seeded
+/// once from the system: ids must be unique, not secret, and a system call
+/// per request would cost more than the rest of the id.
+fn fast_random() -> [u8; 16] {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<(u64, u64)> = Cell::new({
+            let mut seed = [0u8; 16];
+            let _ = aws_lc_rs::rand::fill(&mut seed);
+            let a = u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])) | 1;
+            let b = u64::from_le_bytes(seed[8..].try_into().unwrap_or([2; 8])) | 1;
+            (a, b)
+        });
+    }
+    STATE.with(|s| {
+        // xorshift128+
+        let (mut s0, mut s1) = s.get();
+        let mut out = [0u8; 16];
+        for half in out.chunks_mut(8) {
+            let mut x = s0;
+            let y = s1;
+            s0 = y;
+            x ^= x << 23;
+            s1 = x ^ y ^ (x >> 17) ^ (y >> 26);
+            half.copy_from_slice(&s1.wrapping_add(y).to_le_bytes());
+        }
+        s.set((s0, s1));
+        out
+    })
 }
 
 /// The host as the client sent it (`:authority` or `Host`), port included.
@@ -683,6 +716,15 @@ mod tests {
         assert_eq!(m.panics_total.get(), 1);
         assert_eq!(guarded(async { 7 }, &m).await, Some(7));
         assert_eq!(m.panics_total.get(), 1);
+    }
+
+    #[test]
+    fn generated_request_ids_are_uuids_and_differ() {
+        let a = request_id(&http::HeaderMap::new());
+        let b = request_id(&http::HeaderMap::new());
+        assert_ne!(a, b);
+        let a = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
+        assert_eq!(a.get_version_num(), 4);
     }
 
     #[test]
