@@ -3,9 +3,9 @@
 //! never part of the line: it is built from named fields only.
 
 use std::io::Write;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -40,47 +40,65 @@ pub struct AccessLine {
     pub auth: AuthFields,
 }
 
+/// Lines are appended to a shared buffer that a background thread writes out
+/// every `FLUSH_EVERY`: no system call and no thread wake-up per request.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: Option<SyncSender<Vec<u8>>>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
+    buf: Arc<Mutex<Vec<u8>>>,
+    dropped: Arc<AtomicU64>,
+    enabled: bool,
 }
+
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Past this much unwritten log (a stalled stdout), lines are dropped and counted.
+const MAX_PENDING: usize = 8 * 1024 * 1024;
 
 impl AccessLog {
     /// A log that writes to stdout.
     pub fn stdout() -> AccessLog {
-        let (tx, rx) = sync_channel::<Vec<u8>>(16 * 1024);
+        let buf: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
+        let writer = buf.clone();
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || {
-                let stdout = std::io::stdout();
-                while let Ok(line) = rx.recv() {
-                    let mut out = stdout.lock();
-                    let _ = out.write_all(&line);
-                    while let Ok(more) = rx.try_recv() {
-                        let _ = out.write_all(&more);
-                    }
-                    let _ = out.flush();
-                }
+            .spawn(move || loop {
+                std::thread::sleep(FLUSH_EVERY);
+                flush_to_stdout(&writer);
             });
         AccessLog {
-            tx: spawned.ok().map(|_| tx),
+            buf,
             dropped: Arc::default(),
+            enabled: spawned.is_ok(),
         }
     }
 
     pub fn write(&self, line: &AccessLine) {
-        let Some(tx) = &self.tx else { return };
-        let mut buf = match serde_json::to_vec(line) {
-            Ok(b) => b,
-            Err(_) => return,
-        };
-        buf.push(b'\n');
-        if let Err(TrySendError::Full(_)) = tx.try_send(buf) {
-            self.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.enabled {
+            return;
+        }
+        let Ok(mut buf) = self.buf.lock() else { return };
+        if buf.len() > MAX_PENDING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if serde_json::to_writer(&mut *buf, line).is_ok() {
+            buf.push(b'\n');
         }
     }
+
+    /// Writes out what is pending (at shutdown).
+    pub fn flush(&self) {
+        flush_to_stdout(&self.buf);
+    }
+}
+
+fn flush_to_stdout(buf: &Mutex<Vec<u8>>) {
+    let pending = match buf.lock() {
+        Ok(mut b) if !b.is_empty() => std::mem::replace(&mut *b, Vec::with_capacity(64 * 1024)),
+        _ => return,
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&pending);
+    let _ = out.flush();
 }
 
 /// RFC 3339 UTC time with milliseconds, without pulling in a calendar crate.

@@ -214,6 +214,7 @@ impl RunningGateway {
             t.abort();
         }
         self.reloader.shared.stop();
+        self.reloader.shared.access_log.flush();
         if let Some(t) = self.admin_task {
             t.abort();
         }
