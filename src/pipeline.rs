@@ -371,6 +371,7 @@ async fn phases(
             remove_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body::stream(incoming)))
         }
+        Err(ForwardError::BodyTooLarge) => Err(Denial::PayloadTooLarge),
         Err(e) => {
             m.upstream_errors_total
                 .with_label_values(&[upstream.name.as_str(), e.kind()])
@@ -378,7 +379,9 @@ async fn phases(
             Err(match e {
                 ForwardError::Timeout => Denial::UpstreamTimeout,
                 ForwardError::NoEndpoint => Denial::NoHealthyEndpoint,
-                ForwardError::Connect | ForwardError::Reset => Denial::UpstreamFailed,
+                ForwardError::Connect | ForwardError::Reset | ForwardError::BodyTooLarge => {
+                    Denial::UpstreamFailed
+                }
             })
         }
     }

@@ -39,6 +39,16 @@ pub fn normalize_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     let b = path.as_bytes();
     let unreserved = |c: u8| c.is_ascii_alphanumeric() || b"-._~".contains(&c);
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    // A `%` that does not start an escape is invalid (RFC 3986 2.1), and could
+    // become one once its neighbours are decoded (`%%36%31` -> `%61`).
+    let stray = b.iter().enumerate().any(|(i, &c)| {
+        c == b'%'
+            && !(b.get(i + 1).copied().and_then(hex).is_some()
+                && b.get(i + 2).copied().and_then(hex).is_some())
+    });
+    if stray {
+        return None;
+    }
     let decodable = |i: usize| -> Option<u8> {
         if b.get(i) != Some(&b'%') {
             return None;
@@ -244,5 +254,8 @@ mod tests {
         assert!(normalize_path("/p/%2E%2e/admin").is_none());
         assert!(normalize_path("/p/%2e%2E;x/admin").is_none());
         assert!(normalize_path("/a%2fb").is_none());
+        assert!(normalize_path("/%%36%31dmin").is_none());
+        assert!(normalize_path("/%6%39").is_none());
+        assert!(normalize_path("/100%").is_none());
     }
 }

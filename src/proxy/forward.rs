@@ -15,6 +15,8 @@ pub enum ForwardError {
     /// The connection broke before a response head arrived.
     Reset,
     NoEndpoint,
+    /// The client's body went past the route's `max_body_bytes` mid-stream.
+    BodyTooLarge,
 }
 
 impl ForwardError {
@@ -22,9 +24,22 @@ impl ForwardError {
         match self {
             ForwardError::Connect | ForwardError::NoEndpoint => "connect",
             ForwardError::Timeout => "timeout",
-            ForwardError::Reset => "reset",
+            ForwardError::Reset | ForwardError::BodyTooLarge => "reset",
         }
     }
+}
+
+/// Whether the error came from the request body passing its limit (the
+/// client's fault, not the upstream's).
+fn body_limit_hit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 pub async fn forward(
@@ -51,6 +66,7 @@ pub async fn forward(
             tracing::warn!(upstream = %up.name, "connect failed: {}", crate::auth::fetch::error_chain(&e));
             Err(ForwardError::Connect)
         }
+        Ok(Err(e)) if body_limit_hit(&e) => Err(ForwardError::BodyTooLarge),
         Ok(Err(e)) => {
             tracing::warn!(upstream = %up.name, "upstream failed: {}", crate::auth::fetch::error_chain(&e));
             Err(ForwardError::Reset)

@@ -1,7 +1,10 @@
 //! `idle_timeout`: a connection on which no byte moves, in either direction,
 //! for that long is closed. The timer is checked whenever the connection waits
-//! to read or write, which is exactly when it is idle.
+//! to read or write, which is exactly when it is idle. Activity only stamps a
+//! time; the timer is re-armed when it fires early, so busy connections do not
+//! touch the timer wheel on every read and write.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,6 +20,7 @@ pin_project! {
         inner: T,
         timer: Pin<Box<Sleep>>,
         timeout: Duration,
+        last_activity: Instant,
     }
 }
 
@@ -26,6 +30,7 @@ impl<T> IdleIo<T> {
             inner,
             timer: Box::pin(tokio::time::sleep(timeout)),
             timeout,
+            last_activity: Instant::now(),
         }
     }
 
@@ -34,11 +39,29 @@ impl<T> IdleIo<T> {
     }
 }
 
-fn expired(timer: &mut Pin<Box<Sleep>>, cx: &mut Context<'_>) -> bool {
-    timer.as_mut().poll(cx).is_ready()
+/// True when the connection has been idle for `timeout`; re-arms the timer
+/// (registering the waker) otherwise.
+fn idle_for_too_long(
+    timer: &mut Pin<Box<Sleep>>,
+    last: Instant,
+    timeout: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    loop {
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let due = last + timeout;
+        if Instant::now() >= due {
+            return true;
+        }
+        timer.as_mut().reset(due);
+    }
 }
 
-use std::future::Future;
+fn timed_out<T>() -> Poll<io::Result<T>> {
+    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle_timeout")))
+}
 
 impl<T: AsyncRead> AsyncRead for IdleIo<T> {
     fn poll_read(
@@ -51,13 +74,14 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    let deadline = Instant::now() + *this.timeout;
-                    this.timer.as_mut().reset(deadline);
+                    *this.last_activity = Instant::now();
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if expired(this.timer, cx) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle_timeout")))
+            Poll::Pending
+                if idle_for_too_long(this.timer, *this.last_activity, *this.timeout, cx) =>
+            {
+                timed_out()
             }
             other => other,
         }
@@ -74,13 +98,14 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
         match this.inner.poll_write(cx, data) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    let deadline = Instant::now() + *this.timeout;
-                    this.timer.as_mut().reset(deadline);
+                    *this.last_activity = Instant::now();
                 }
                 Poll::Ready(Ok(n))
             }
-            Poll::Pending if expired(this.timer, cx) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle_timeout")))
+            Poll::Pending
+                if idle_for_too_long(this.timer, *this.last_activity, *this.timeout, cx) =>
+            {
+                timed_out()
             }
             other => other,
         }
@@ -103,13 +128,14 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
         match this.inner.poll_write_vectored(cx, bufs) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    let deadline = Instant::now() + *this.timeout;
-                    this.timer.as_mut().reset(deadline);
+                    *this.last_activity = Instant::now();
                 }
                 Poll::Ready(Ok(n))
             }
-            Poll::Pending if expired(this.timer, cx) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle_timeout")))
+            Poll::Pending
+                if idle_for_too_long(this.timer, *this.last_activity, *this.timeout, cx) =>
+            {
+                timed_out()
             }
             other => other,
         }
