@@ -138,12 +138,12 @@ th{{background:#f3f3f3}}.ok{{color:#1a7f37}}.bad{{color:#c62828}}.warn{{color:#b
             .unwrap_or_else(|| "any".into());
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{:?}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&r.id),
             esc(&host),
             esc(&r.path_prefix),
             esc(&methods),
-            r.auth,
+            format!("{:?}", r.auth).to_ascii_lowercase(),
             esc(&r.upstream)
         );
     }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use aws_lc_rs::signature::ParsedPublicKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -16,6 +17,9 @@ use crate::config::IssuerConfig;
 pub struct VerifyKey {
     pub kid: Option<String>,
     pub key: DecodingKey,
+    /// The key parsed once per algorithm it may verify, so that a signature
+    /// check does not rebuild the key (for RSA that costs as much as the check).
+    pub parsed: Vec<(Algorithm, ParsedPublicKey)>,
     /// The algorithms this key may verify: its family, narrowed by the JWK's
     /// own `alg` and by the issuer's allowlist.
     pub algorithms: Vec<Algorithm>,
@@ -108,9 +112,123 @@ fn string<'a>(jwk: &'a Value, name: &str) -> Result<&'a str, String> {
 /// The verification key of a public JWK, the algorithms its type allows, and
 /// a fingerprint of its material. Symmetric (`oct`) keys are refused.
 pub fn public_key(jwk: &Value) -> Result<(DecodingKey, &'static [Algorithm], u64), String> {
+    public_key_parts(jwk).map(|(k, f, fp, _)| (k, f, fp))
+}
+
+/// The verification algorithm aws-lc-rs uses for a JWS algorithm (the same
+/// ones jsonwebtoken's aws-lc backend picks).
+fn aws_alg(alg: Algorithm) -> Option<&'static dyn aws_lc_rs::signature::VerificationAlgorithm> {
+    use aws_lc_rs::signature as s;
+    Some(match alg {
+        Algorithm::RS256 => &s::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &s::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &s::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &s::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &s::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &s::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &s::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &s::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &s::ED25519,
+        _ => return None,
+    })
+}
+
+/// DER of an RSAPublicKey (PKCS#1): SEQUENCE { INTEGER n, INTEGER e }.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn len(out: &mut Vec<u8>, n: usize) {
+        if n < 0x80 {
+            out.push(n as u8);
+        } else {
+            let bytes: Vec<u8> = n
+                .to_be_bytes()
+                .iter()
+                .copied()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+    }
+    fn int(out: &mut Vec<u8>, v: &[u8]) {
+        let v: &[u8] = {
+            let first = v
+                .iter()
+                .position(|b| *b != 0)
+                .unwrap_or(v.len().saturating_sub(1));
+            &v[first..]
+        };
+        let pad = v.first().is_some_and(|b| b & 0x80 != 0);
+        out.push(0x02);
+        len(out, v.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    int(&mut body, n);
+    int(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.push(0x30);
+    len(&mut out, body.len());
+    out.extend(body);
+    out
+}
+
+impl VerifyKey {
+    /// Checks a signature (raw bytes) over `message` with this key and `alg`.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature_b64: &str) -> bool {
+        match self.parsed.iter().find(|(a, _)| *a == alg) {
+            Some((_, key)) => match URL_SAFE_NO_PAD.decode(signature_b64) {
+                Ok(sig) => key.verify_sig(message, &sig).is_ok(),
+                Err(_) => false,
+            },
+            // HMAC keys are shared secrets: jsonwebtoken compares in constant time.
+            None => matches!(
+                jsonwebtoken::crypto::verify(signature_b64, message, &self.key, alg),
+                Ok(true)
+            ),
+        }
+    }
+}
+
+/// Like [`public_key`], plus the key parsed for each algorithm of its family.
+pub fn public_key_parts(
+    jwk: &Value,
+) -> Result<
+    (
+        DecodingKey,
+        &'static [Algorithm],
+        u64,
+        Vec<(Algorithm, ParsedPublicKey)>,
+    ),
+    String,
+> {
     let kty = string(jwk, "kty")?;
     let crv = jwk.get("crv").and_then(Value::as_str);
     let family = family(kty, crv)?;
+    let b64 = |s: &str| {
+        URL_SAFE_NO_PAD
+            .decode(s.trim_end_matches('='))
+            .map_err(|_| format!("\"{s}\" is not base64url"))
+    };
+    let raw: Vec<u8> = match kty {
+        "RSA" => rsa_public_key_der(&b64(string(jwk, "n")?)?, &b64(string(jwk, "e")?)?),
+        "EC" => {
+            let mut p = vec![4u8];
+            p.extend(b64(string(jwk, "x")?)?);
+            p.extend(b64(string(jwk, "y")?)?);
+            p
+        }
+        _ => b64(string(jwk, "x")?)?,
+    };
+    let mut parsed = Vec::with_capacity(family.len());
+    for alg in family {
+        if let Some(a) = aws_alg(*alg) {
+            let k = ParsedPublicKey::new(a, &raw).map_err(|e| format!("key rejected: {e}"))?;
+            parsed.push((*alg, k));
+        }
+    }
     let (key, fingerprint) = match kty {
         "RSA" => {
             let (n, e) = (string(jwk, "n")?, string(jwk, "e")?);
@@ -134,7 +252,7 @@ pub fn public_key(jwk: &Value) -> Result<(DecodingKey, &'static [Algorithm], u64
             (key, digest(&["OKP", x]))
         }
     };
-    Ok((key, family, fingerprint))
+    Ok((key, family, fingerprint, parsed))
 }
 
 fn parse_key(jwk: &Value, issuer: &IssuerConfig) -> Result<Option<VerifyKey>, String> {
@@ -151,7 +269,7 @@ fn parse_key(jwk: &Value, issuer: &IssuerConfig) -> Result<Option<VerifyKey>, St
             return Ok(None);
         }
     }
-    let (key, family, fingerprint) = public_key(jwk)?;
+    let (key, family, fingerprint, parsed) = public_key_parts(jwk)?;
     let wanted: Option<Algorithm> = match jwk.get("alg").and_then(Value::as_str) {
         None => None,
         Some(a) => Some(
@@ -167,9 +285,14 @@ fn parse_key(jwk: &Value, issuer: &IssuerConfig) -> Result<Option<VerifyKey>, St
     if algorithms.is_empty() {
         return Ok(None);
     }
+    let parsed = parsed
+        .into_iter()
+        .filter(|(a, _)| algorithms.contains(a))
+        .collect();
     Ok(Some(VerifyKey {
         kid: jwk.get("kid").and_then(Value::as_str).map(str::to_string),
         key,
+        parsed,
         algorithms,
         fingerprint,
     }))
@@ -244,6 +367,7 @@ pub fn secret_keyset(secret: &[u8], issuer: &IssuerConfig) -> Result<KeySet, Str
         keys: vec![Arc::new(VerifyKey {
             kid: None,
             key,
+            parsed: Vec::new(),
             algorithms: issuer.algorithms.clone(),
             fingerprint: fp,
         })],

@@ -273,10 +273,7 @@ impl Verifier {
         let mut good = None;
         for key in keys.candidates(kid, alg).take(8) {
             tried = true;
-            if matches!(
-                jsonwebtoken::crypto::verify(s64, message, &key.key, alg),
-                Ok(true)
-            ) {
+            if key.verify(alg, message, s64) {
                 good = Some(key.clone());
                 break;
             }
