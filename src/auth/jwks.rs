@@ -192,18 +192,17 @@ impl VerifyKey {
     }
 }
 
+/// A JWK's verification key, the algorithms of its family, its fingerprint,
+/// and the key parsed for each of those algorithms.
+pub type PublicKeyParts = (
+    DecodingKey,
+    &'static [Algorithm],
+    u64,
+    Vec<(Algorithm, ParsedPublicKey)>,
+);
+
 /// Like [`public_key`], plus the key parsed for each algorithm of its family.
-pub fn public_key_parts(
-    jwk: &Value,
-) -> Result<
-    (
-        DecodingKey,
-        &'static [Algorithm],
-        u64,
-        Vec<(Algorithm, ParsedPublicKey)>,
-    ),
-    String,
-> {
+pub fn public_key_parts(jwk: &Value) -> Result<PublicKeyParts, String> {
     let kty = string(jwk, "kty")?;
     let crv = jwk.get("crv").and_then(Value::as_str);
     let family = family(kty, crv)?;
