@@ -563,8 +563,14 @@ fn read_revocation(src: &Source, root: &Table) -> RevocationConfig {
     if let Some(r) = t.sub_table(src, "redis") {
         let url = r.required_at::<String>(src, "url");
         if let Some(u) = &url {
-            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                src.report_at(u.loc, &u.field, "must start with redis:// or rediss://");
+            if u.starts_with("rediss://") {
+                src.report_at(
+                    u.loc,
+                    &u.field,
+                    "rediss:// (Redis over TLS) is not supported by this build; use redis:// on a private network",
+                );
+            } else if !u.starts_with("redis://") {
+                src.report_at(u.loc, &u.field, "must start with redis://");
             }
         }
         let prefix = r.or(src, "prefix", "portcullis:".to_string());
