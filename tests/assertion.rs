@@ -7,15 +7,12 @@ mod common;
 // Real sockets on loopback, the real binary for `check`/`run` (owned by a
 // guard that kills it on drop), every wait bounded.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use common::process::{portcullis, Output, Proc};
 use common::*;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::Jwk;
@@ -25,7 +22,6 @@ use portcullis::RunningGateway;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const HEADER: &str = "x-identity-assertion";
 
 fn now_unix() -> u64 {
@@ -581,90 +577,6 @@ async fn a_rotated_key_signs_new_assertions_and_the_old_key_stays_published_unti
 
 // ---------------------------------------------------------------- 4. check
 
-/// A child process owned by the test: killed and reaped when dropped.
-struct Proc {
-    child: std::process::Child,
-    out: Arc<Mutex<Vec<u8>>>,
-    err: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-    done: bool,
-}
-
-fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().unwrap().extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-}
-
-impl Proc {
-    fn spawn(args: &[&str], cwd: &Path) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .current_dir(cwd)
-            .env_remove("PORTCULLIS_CONFIG")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the portcullis binary starts");
-        let out: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let err: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let readers = vec![
-            pump(child.stdout.take().unwrap(), out.clone()),
-            pump(child.stderr.take().unwrap(), err.clone()),
-        ];
-        Proc {
-            child,
-            out,
-            err,
-            readers,
-            done: false,
-        }
-    }
-
-    /// Waits for the exit (at most `limit`): (exit code, stdout, stderr).
-    fn finish(mut self, limit: Duration) -> (Option<i32>, String, String) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.done = true;
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
-                let out = String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned();
-                let err = String::from_utf8_lossy(&self.err.lock().unwrap()).into_owned();
-                return (status.code(), out, err);
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "portcullis did not exit within {limit:?}\n--- stdout\n{}\n--- stderr\n{}",
-                    String::from_utf8_lossy(&self.out.lock().unwrap()),
-                    String::from_utf8_lossy(&self.err.lock().unwrap())
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !self.done {
-            if let Ok(None) = self.child.try_wait() {
-                let _ = self.child.kill();
-            }
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// A complete configuration whose only variable part is the assertion key file.
 fn check_config(dir: &Path) -> PathBuf {
     let idp = TestKey::new(Algorithm::ES256);
@@ -712,8 +624,15 @@ fn key_line(file: &Path) -> usize {
 
 /// Runs `check` and asserts it refuses the key at its line, naming the field and `words`.
 fn assert_check_refuses_key(dir: &Path, file: &Path, words: &[&str]) {
-    let (code, out, err) = Proc::spawn(&["check", "--config", file.to_str().unwrap()], dir)
-        .finish(Duration::from_secs(60));
+    let Output {
+        code,
+        stdout: out,
+        stderr: err,
+    } = Proc::spawn(&mut portcullis(
+        &["check", "--config", file.to_str().unwrap()],
+        dir,
+    ))
+    .finish(Duration::from_secs(60));
     assert_eq!(
         code,
         Some(2),
@@ -730,8 +649,15 @@ fn assert_check_refuses_key(dir: &Path, file: &Path, words: &[&str]) {
         assert!(line.contains(w), "the problem should mention {w:?}: {line}");
     }
     // A bad configuration never starts a gateway either.
-    let (code, out, err) = Proc::spawn(&["run", "--config", file.to_str().unwrap()], dir)
-        .finish(Duration::from_secs(30));
+    let Output {
+        code,
+        stdout: out,
+        stderr: err,
+    } = Proc::spawn(&mut portcullis(
+        &["run", "--config", file.to_str().unwrap()],
+        dir,
+    ))
+    .finish(Duration::from_secs(30));
     assert_eq!(
         code,
         Some(2),
@@ -746,9 +672,15 @@ fn check_accepts_es256_and_eddsa_assertion_keys() {
         let dir = tempfile::tempdir().unwrap();
         let file = check_config(dir.path());
         std::fs::write(dir.path().join("assertion.pem"), assertion_key(alg).0).unwrap();
-        let (code, out, err) =
-            Proc::spawn(&["check", "--config", file.to_str().unwrap()], dir.path())
-                .finish(Duration::from_secs(60));
+        let Output {
+            code,
+            stdout: out,
+            stderr: err,
+        } = Proc::spawn(&mut portcullis(
+            &["check", "--config", file.to_str().unwrap()],
+            dir.path(),
+        ))
+        .finish(Duration::from_secs(60));
         assert_eq!(code, Some(0), "{alg:?}: stdout:\n{out}\nstderr:\n{err}");
     }
 }

@@ -7,203 +7,22 @@ mod common;
 // Every child process is owned by a `Proc` whose `Drop` kills it, and every
 // wait is bounded, so a failing test never leaves a process behind.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use common::process::{portcullis, Output, Proc};
 use common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
-
 // ---------------------------------------------------------------- child processes
-
-/// A child process of the test; killed (and reaped) when dropped, whatever happened.
-struct Proc {
-    child: Child,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-    status: Option<ExitStatus>,
-}
-
-fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().unwrap().extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-}
-
-/// The binary with a clean environment for what portcullis reads.
-fn portcullis(args: &[&str], cwd: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_remove("PORTCULLIS_CONFIG")
-        .env_remove("RUST_LOG");
-    cmd
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the portcullis binary starts");
-        let stdout: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let stderr: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let readers = vec![
-            pump(child.stdout.take().unwrap(), stdout.clone()),
-            pump(child.stderr.take().unwrap(), stderr.clone()),
-        ];
-        Proc {
-            child,
-            stdout,
-            stderr,
-            readers,
-            status: None,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    /// Sends SIGTERM through the `kill` command (libc is not a dependency).
-    fn terminate(&self) {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("the kill command runs");
-        assert!(st.success(), "kill -TERM failed");
-    }
-
-    /// Waits (blocking) for the process to exit; panics after `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.exited() {
-                self.join_readers();
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "portcullis did not exit within {limit:?}\n--- stdout\n{}\n--- stderr\n{}",
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Like `wait_exit`, without blocking the async runtime.
-    async fn wait_exit_async(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.exited() {
-                self.join_readers();
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "portcullis did not exit within {limit:?}\n--- stdout\n{}\n--- stderr\n{}",
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Once the process is gone its pipes reach EOF, so the readers end.
-    fn join_readers(&mut self) {
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-    }
-
-    /// Waits until `cond(stdout)` holds; panics after `limit` or if the process exits first.
-    async fn wait_stdout(&mut self, limit: Duration, what: &str, cond: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if cond(&self.stdout()) {
-                return;
-            }
-            if let Some(s) = self.exited() {
-                // One last look: output may have arrived just before the exit.
-                self.join_readers();
-                if cond(&self.stdout()) {
-                    return;
-                }
-                panic!(
-                    "portcullis exited ({s}) before {what}\n--- stdout\n{}\n--- stderr\n{}",
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "no {what} within {limit:?}\n--- stdout\n{}\n--- stderr\n{}",
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            if let Ok(None) = self.child.try_wait() {
-                let _ = self.child.kill();
-            }
-            let _ = self.child.wait();
-        }
-    }
-}
-
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
 
 /// Runs the binary to completion (at most 60 s).
 fn run_cli(args: &[&str], cwd: &Path) -> Output {
-    let mut p = Proc::spawn(&mut portcullis(args, cwd));
-    let status = p.wait_exit(Duration::from_secs(60));
-    Output {
-        code: status.code(),
-        stdout: p.stdout(),
-        stderr: p.stderr(),
-    }
+    Proc::spawn(&mut portcullis(args, cwd)).finish(Duration::from_secs(60))
 }
 
 fn check(config: &Path, cwd: &Path) -> Output {
@@ -538,13 +357,7 @@ trait Bounded {
 
 impl Bounded for Command {
     fn status_bounded(&mut self) -> Output {
-        let mut p = Proc::spawn(self);
-        let status = p.wait_exit(Duration::from_secs(60));
-        Output {
-            code: status.code(),
-            stdout: p.stdout(),
-            stderr: p.stderr(),
-        }
+        Proc::spawn(self).finish(Duration::from_secs(60))
     }
 }
 

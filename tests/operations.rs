@@ -12,7 +12,7 @@ mod common;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
+use common::process::{Proc, BIN};
 use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -31,8 +32,6 @@ use portcullis::config::Config;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 // ---------------------------------------------------------------- configuration
 
@@ -229,68 +228,49 @@ fn sum_of(text: &str, name: &str) -> f64 {
 
 // ---------------------------------------------------------------- child process
 
-/// `portcullis run --config dir/portcullis.toml`, killed and reaped on Drop.
+/// `portcullis run --config dir/portcullis.toml`, killed and reaped on Drop
+/// (the process itself, through `Deref`, is a `Proc` logging to `gateway.log`).
 struct ChildGw {
-    child: Child,
+    proc: Proc,
     /// The gateway and admin listeners, as the process reports them once serving.
     addr: SocketAddr,
     admin: SocketAddr,
     config: PathBuf,
-    log: PathBuf,
-    status: Option<ExitStatus>,
+}
+
+impl std::ops::Deref for ChildGw {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.proc
+    }
+}
+
+impl std::ops::DerefMut for ChildGw {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
 }
 
 impl ChildGw {
     fn spawn(dir: &Path, toml: &str) -> ChildGw {
         let config = dir.join("portcullis.toml");
         std::fs::write(&config, toml).unwrap();
-        let log = dir.join("gateway.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let child = Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("PORTCULLIS_CONFIG")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("the portcullis binary starts");
+        let proc = Proc::spawn_logged(
+            Command::new(BIN)
+                .arg("run")
+                .arg("--config")
+                .arg(&config)
+                .env_remove("PORTCULLIS_CONFIG")
+                .env("RUST_LOG", "info"),
+            &dir.join("gateway.log"),
+        );
         let unknown: SocketAddr = "0.0.0.0:0".parse().unwrap();
         ChildGw {
-            child,
+            proc,
             addr: unknown,
             admin: unknown,
             config,
-            log,
-            status: None,
         }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Sends a signal through the `kill` command (libc is not a dependency).
-    fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([format!("-{sig}"), self.pid().to_string()])
-            .status()
-            .expect("the kill command runs");
-        assert!(st.success(), "kill -{sig} failed");
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait");
-        }
-        self.status
     }
 
     /// The addresses from the "portcullis is serving" log line (the
@@ -338,21 +318,6 @@ impl ChildGw {
         }
     }
 
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.exited() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "portcullis did not exit within {limit:?}:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// Open file descriptors of the process.
     fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
@@ -367,15 +332,6 @@ impl ChildGw {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS in /proc/<pid>/status")
-    }
-}
-
-impl Drop for ChildGw {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -882,7 +838,7 @@ async fn sigterm_turns_readyz_503_refuses_new_connections_finishes_in_flight_req
     assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"slow-done"[..]));
     let (status, body) = h2.await.unwrap().expect("the h2 request finishes");
     assert_eq!((status.as_u16(), &body[..]), (200, &b"slow-done"[..]));
-    let status = gw.wait_exit(Duration::from_secs(8)).await;
+    let status = gw.wait_exit_async(Duration::from_secs(8)).await;
     assert_eq!(status.code(), Some(0), "{}", gw.log_text());
     assert!(
         t0.elapsed() < Duration::from_millis(4500),
@@ -1053,7 +1009,7 @@ async fn open_websockets_keep_working_during_the_drain_until_the_grace_ends() {
     );
 
     // The grace ends: the process exits 0 and the last WebSocket is closed.
-    let status = gw.wait_exit(Duration::from_secs(8)).await;
+    let status = gw.wait_exit_async(Duration::from_secs(8)).await;
     let at = t0.elapsed();
     assert_eq!(status.code(), Some(0), "{}", gw.log_text());
     assert!(
@@ -1095,7 +1051,7 @@ async fn the_drain_ends_as_soon_as_the_last_websocket_closes() {
     );
     let closed = Instant::now();
     drop(ws);
-    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    let status = gw.wait_exit_async(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", gw.log_text());
     assert!(
         closed.elapsed() < Duration::from_secs(3),

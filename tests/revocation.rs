@@ -7,9 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::process::{Proc, BIN};
 use common::*;
 use jsonwebtoken::Algorithm;
 use portcullis::RunningGateway;
@@ -263,41 +264,16 @@ async fn readyz(admin: SocketAddr) -> Reply {
 
 // ---------------------------------------------------------------- processes
 
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc {
-    child: Child,
-    what: String,
-    log: Option<PathBuf>,
-}
-
-impl Proc {
-    /// SIGKILL now, and reap it; asserts it died of that signal.
-    fn kill9(&mut self) {
-        use std::os::unix::process::ExitStatusExt;
-        // Child::kill sends SIGKILL on Unix.
-        self.child.kill().expect("SIGKILL");
-        let status = self.child.wait().unwrap();
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "{} did not die of SIGKILL",
-            self.what
-        );
-    }
-
-    fn log_text(&self) -> String {
-        self.log
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// SIGKILL now, and reap it; asserts it died of that signal.
+fn kill9(p: &mut Proc) {
+    use std::os::unix::process::ExitStatusExt;
+    let status = p.kill();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{} did not die of SIGKILL",
+        p.what()
+    );
 }
 
 /// A gateway run as `portcullis run --config F`, on fresh loopback ports.
@@ -322,26 +298,12 @@ fn spawn_gateway(dir: &Path, up: &Upstream, n: usize, redis_port: Option<u16>) -
     let path = dir.join("portcullis.toml");
     std::fs::write(&path, cfg).unwrap();
     let log = dir.join(format!("gateway-{n}.log"));
-    let out = std::fs::File::create(&log).unwrap();
-    let err = out.try_clone().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .expect("spawn portcullis");
-    ChildGw {
-        proc: Proc {
-            child,
-            what: format!("gateway #{n}"),
-            log: Some(log),
-        },
-        addr,
-        admin,
-    }
+    let proc = Proc::spawn_logged(
+        Command::new(BIN).arg("run").arg("--config").arg(&path),
+        &log,
+    )
+    .named(format!("gateway #{n}"));
+    ChildGw { proc, addr, admin }
 }
 
 /// The status of a plain GET, or None when nothing answers.
@@ -364,10 +326,10 @@ async fn probe_status(addr: SocketAddr, path: &str) -> Option<u16> {
 async fn wait_child_ready(gw: &mut ChildGw) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(status) = gw.proc.child.try_wait().unwrap() {
+        if let Some(status) = gw.proc.exited() {
             panic!(
                 "{} exited with {status} before being ready:\n{}",
-                gw.proc.what,
+                gw.proc.what(),
                 gw.proc.log_text()
             );
         }
@@ -377,7 +339,7 @@ async fn wait_child_ready(gw: &mut ChildGw) {
         assert!(
             Instant::now() < deadline,
             "{} never became ready:\n{}",
-            gw.proc.what,
+            gw.proc.what(),
             gw.proc.log_text()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -392,19 +354,13 @@ fn start_redis(port: u16) -> Proc {
     } else {
         "redis-server"
     };
-    let child = Command::new(bin)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (apt-get install redis-server)");
-    Proc {
-        child,
-        what: format!("redis-server on {port}"),
-        log: None,
-    }
+    Proc::try_spawn(
+        Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"]),
+    )
+    .expect("redis-server must be installed (apt-get install redis-server)")
+    .named(format!("redis-server on {port}"))
 }
 
 async fn redis_ping(port: u16) -> bool {
@@ -1076,7 +1032,7 @@ async fn acknowledged_revocations_survive_sigkill() {
         acked.insert(post_ok(gw.admin, &json!({"jti": j})).await.to_string());
     }
     // Right after the last 201.
-    gw.proc.kill9();
+    kill9(&mut gw.proc);
 
     let mut gw2 = spawn_gateway(dir.path(), &up, 2, None);
     wait_child_ready(&mut gw2).await;
@@ -1121,7 +1077,7 @@ async fn a_torn_or_garbage_tail_in_the_store_is_cut_off_and_the_rest_kept() {
     for j in ["kept-1", "kept-2", "kept-3"] {
         acked.insert(post_ok(gw.admin, &json!({"jti": j})).await.to_string());
     }
-    gw.proc.kill9();
+    kill9(&mut gw.proc);
 
     // A record cut short: its length and CRC header promise more than follows.
     let payload = br#"{"op":"add","entry":{"jti":"torn","expires_at":4000000000}}"#;
@@ -1148,7 +1104,7 @@ async fn a_torn_or_garbage_tail_in_the_store_is_cut_off_and_the_rest_kept() {
             .await
             .to_string(),
     );
-    gw.proc.kill9();
+    kill9(&mut gw.proc);
 
     // Plain garbage this time (a length no record has, then noise).
     let garbage: Vec<u8> = (0..61u8).map(|i| i.wrapping_mul(37) ^ 0xA5).collect();
@@ -1174,7 +1130,7 @@ async fn a_torn_or_garbage_tail_in_the_store_is_cut_off_and_the_rest_kept() {
             .await
             .to_string(),
     );
-    gw.proc.kill9();
+    kill9(&mut gw.proc);
 
     let mut gw = spawn_gateway(dir.path(), &up, 4, None);
     wait_child_ready(&mut gw).await;
@@ -1356,7 +1312,7 @@ async fn redis_shares_revocations_within_a_second_and_survives_an_empty_restart(
     let admins: Vec<SocketAddr> = gws.iter().map(|g| g.admin_addr().unwrap()).collect();
 
     // 4. Redis goes away.
-    redis.kill9();
+    kill9(&mut redis);
     let r = post(admins[0], &json!({"jti": "outage-0"})).await;
     assert_eq!(
         r.status,
@@ -1560,7 +1516,7 @@ async fn a_deletion_is_not_undone_by_a_replica_that_was_down_during_it() {
     post_ok(a_admin, &json!({"jti": "undo-me"})).await;
     time_to_refusal(&Client::plain(), b.addr, &t, Instant::now()).await;
     // B goes down with the entry in its local store; meanwhile it is deleted.
-    b.proc.kill9();
+    kill9(&mut b.proc);
     let r = delete(a_admin, "jti=undo-me").await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_passes(&call_once(a_addr, &t).await, "on A after DELETE");

@@ -5,19 +5,15 @@ mod common;
 // child process owned by a guard that kills it on drop). Every wait is bounded.
 // Neither ever shows the token's signature or the admin secret.
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::process::{portcullis, Output, Proc};
 use common::*;
 use jsonwebtoken::Algorithm;
 use portcullis::RunningGateway;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const ADMIN_TOKEN: &str = "trace-admin-secret-0123456789abcdef";
 
 /// Every check a valid bearer token passes.
@@ -334,102 +330,15 @@ async fn debug_verify_reports_a_revoked_token() {
 
 // ---------------------------------------------------------------- token inspect
 
-/// A child process owned by the test: killed and reaped when dropped.
-struct Proc {
-    child: std::process::Child,
-    out: Arc<Mutex<Vec<u8>>>,
-    err: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-    done: bool,
-}
-
-fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().unwrap().extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !self.done {
-            if let Ok(None) = self.child.try_wait() {
-                let _ = self.child.kill();
-            }
-            let _ = self.child.wait();
-        }
-    }
-}
-
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs the binary to completion (at most 60 s), `stdin` written then closed.
 fn run_cli(args: &[&str], cwd: &Path, stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("PORTCULLIS_CONFIG")
-        .env_remove("RUST_LOG")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the portcullis binary starts");
-    let out: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let err: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let readers = vec![
-        pump(child.stdout.take().unwrap(), out.clone()),
-        pump(child.stderr.take().unwrap(), err.clone()),
-    ];
-    let input = child.stdin.take();
-    let mut p = Proc {
-        child,
-        out,
-        err,
-        readers,
-        done: false,
+    let mut cmd = portcullis(args, cwd);
+    let p = match stdin {
+        Some(text) => Proc::spawn_with_input(&mut cmd, text),
+        None => Proc::spawn(&mut cmd),
     };
-    if let (Some(mut pipe), Some(text)) = (input, stdin) {
-        pipe.write_all(text.as_bytes()).expect("write stdin");
-        // Dropping the pipe closes it: end of input.
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = p.child.try_wait().expect("try_wait") {
-            p.done = true;
-            for r in p.readers.drain(..) {
-                let _ = r.join();
-            }
-            let stdout = String::from_utf8_lossy(&p.out.lock().unwrap()).into_owned();
-            let stderr = String::from_utf8_lossy(&p.err.lock().unwrap()).into_owned();
-            return Output {
-                code: status.code(),
-                stdout,
-                stderr,
-            };
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "portcullis {args:?} did not exit within 60 s\n--- stdout\n{}\n--- stderr\n{}",
-                String::from_utf8_lossy(&p.out.lock().unwrap()),
-                String::from_utf8_lossy(&p.err.lock().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.named(format!("portcullis {args:?}"))
+        .finish(Duration::from_secs(60))
 }
 
 /// A configuration for `inspect`: keys from a local `jwks.json`, no network.

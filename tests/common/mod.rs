@@ -4,6 +4,8 @@
 //! over TLS.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
