@@ -198,19 +198,15 @@ async fn route(
 /// query parameters add that route's policy to the trace.
 async fn debug_verify(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     use http_body_util::{BodyExt, Limited};
-    let params: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            Some((
-                crate::auth::token::percent_decode(k)?,
-                crate::auth::token::percent_decode(v)?,
-            ))
-        })
-        .collect();
+    let params = match revocations::query_params(req.uri().query()) {
+        Ok(p) => p,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": e}),
+            )
+        }
+    };
     let param = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(b) => b.to_bytes(),

@@ -18,7 +18,8 @@ use crate::revocation::{RevocationError, Revocations};
 
 const MAX_BODY: usize = 64 * 1024;
 
-fn query_params(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
+/// Query parameters, percent-decoded; shared by the admin endpoints.
+pub(crate) fn query_params(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

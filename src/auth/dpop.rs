@@ -189,6 +189,8 @@ pub struct Nonces {
 impl Default for Nonces {
     fn default() -> Self {
         let mut secret = [0u8; 32];
+        // aws-lc's generator fails only if the kernel's does, and then no key
+        // this process makes could be trusted either: stopping is right.
         aws_lc_rs::rand::fill(&mut secret).expect("the system random generator works");
         Nonces {
             key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret),
