@@ -41,6 +41,9 @@ pub enum Denial {
     MethodNotAllowed(HeaderValue),
     /// The request head is larger than `max_header_bytes`.
     HeaderTooLarge,
+    /// An HTTP/1 request (or one before it on its connection) carried both
+    /// `Content-Length` and `Transfer-Encoding`, or `Content-Length` twice.
+    AmbiguousFraming,
     /// The body is larger than the route's `max_body_bytes`.
     PayloadTooLarge,
 
@@ -58,7 +61,7 @@ impl Denial {
             | WrongAudience | UnknownKid(_) | DisallowedAlg | Revoked | BindingFailed(_)
             | UseDpopNonce(_) => StatusCode::UNAUTHORIZED,
             InsufficientScope(_) | Csrf => StatusCode::FORBIDDEN,
-            InvalidRequest(_) | BadPath | BadHost => StatusCode::BAD_REQUEST,
+            InvalidRequest(_) | BadPath | BadHost | AmbiguousFraming => StatusCode::BAD_REQUEST,
             NoRoute => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -108,6 +111,7 @@ impl Denial {
             NoRoute => "not_found",
             MethodNotAllowed(_) => "method_not_allowed",
             HeaderTooLarge => "header_too_large",
+            AmbiguousFraming => "ambiguous_framing",
             PayloadTooLarge => "payload_too_large",
 
             UpstreamFailed => "bad_gateway",
@@ -140,6 +144,9 @@ impl Denial {
             NoRoute => "no route matches this request",
             MethodNotAllowed(_) => "method not allowed on this route",
             HeaderTooLarge => "request header fields too large",
+            AmbiguousFraming => {
+                "Content-Length with Transfer-Encoding, or Content-Length repeated, on this connection"
+            }
             PayloadTooLarge => "request body larger than this route accepts",
 
             UpstreamFailed => "the upstream service could not be reached",
@@ -198,6 +205,10 @@ impl Denial {
         match self {
             Denial::MethodNotAllowed(allow) => {
                 h.insert(header::ALLOW, allow);
+            }
+            // The bytes after an ambiguous head cannot be trusted to start a request.
+            Denial::AmbiguousFraming => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Denial::UseDpopNonce(nonce) => {
                 if let Ok(v) = HeaderValue::from_str(&nonce) {

@@ -18,7 +18,7 @@ use std::time::Instant;
 use futures_util::FutureExt;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 
@@ -36,6 +36,7 @@ use crate::proxy::forward::{forward, ForwardError};
 use crate::proxy::headers::{remove_hop_by_hop, IdentityPlan};
 use crate::proxy::upstream::Upstreams;
 use crate::route::{normalize_path, Route, RouteMatch, RouteTable};
+use crate::server::framing::FramingVerdict;
 
 /// The hot state requests read: built from one configuration, swapped whole on reload.
 pub struct Runtime {
@@ -63,6 +64,8 @@ pub struct ConnInfo {
     pub listener: String,
     /// SHA-256 of the client certificate (DER), base64url, when mTLS presented one.
     pub client_cert_sha256: Option<String>,
+    /// Whether the raw HTTP/1 bytes showed ambiguous framing (see `server::framing`).
+    pub framing: Arc<FramingVerdict>,
 }
 
 /// What a request's phases learned, for the later phases and the log line.
@@ -274,6 +277,9 @@ async fn phases(
     mut req: Request<Incoming>,
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, Denial> {
+    if req.version() <= Version::HTTP_11 && conn.framing.next_request_is_ambiguous() {
+        return Err(Denial::AmbiguousFraming);
+    }
     // Normalize: size, host and path are settled before anything looks at them.
     // (hyper enforces the limit while reading HTTP/1.1 heads, but not below 8 KiB.)
     let head: usize = req

@@ -21,6 +21,7 @@ use portcullis::config::Config;
 use portcullis::metrics::Metrics;
 use portcullis::proxy::headers::{render_claim, IdentityPlan};
 use portcullis::route::normalize_path;
+use portcullis::server::framing::{FramingVerdict, FramingWatch};
 use serde_json::{json, Map, Value};
 
 const CASES: usize = 20_000;
@@ -694,4 +695,96 @@ fn verify_uncached_never_panics_on_garbage_and_never_accepts_a_mutated_token() {
         refused > CASES / 2 - CASES / 10,
         "{refused} mutated tokens checked"
     );
+}
+
+// ---------------------------------------------------------------- framing watch
+
+/// Pieces of HTTP/1 byte streams: request lines, every framing header,
+/// chunk sizes with extensions, bodies, trailers, bare CR/LF and junk.
+const REQUEST_LINES: &[&str] = &[
+    "GET / HTTP/1.1\r\n",
+    "POST /x HTTP/1.1\r\n",
+    "PRI * HTTP/2.0\r\n",
+    "\r\n",
+];
+const HEADER_LINES: &[&str] = &[
+    "Host: a\r\n",
+    "Content-Length: 0\r\n",
+    "Content-Length: 5\r\n",
+    "content-length: 17\r\n",
+    "Content-Length: 5, 5\r\n",
+    "Transfer-Encoding: chunked\r\n",
+    "transfer-encoding: gzip, chunked\r\n",
+    "Transfer-Encoding: xchunked\r\n",
+    "Upgrade: websocket\r\n",
+];
+const BODY_PIECES: &[&str] = &[
+    "5\r\nhello\r\n",
+    "a;x=y\r\n0123456789\r\n",
+    "0\r\n\r\n",
+    "0\r\nTrailer: t\r\n\r\n",
+    "ffffffffffffffffffff\r\n",
+    "hello",
+    "0123456789ab",
+    "\r\n",
+    "\r",
+    "\n",
+    " \t",
+    "\0\u{7f}",
+];
+
+fn gen_wire(rng: &mut Rng) -> Vec<&'static str> {
+    let mut pieces = Vec::new();
+    for _ in 0..1 + rng.below(4) {
+        pieces.push(*rng.pick(REQUEST_LINES));
+        for _ in 0..rng.below(5) {
+            pieces.push(*rng.pick(HEADER_LINES));
+        }
+        pieces.push("\r\n");
+        for _ in 0..rng.below(4) {
+            pieces.push(*rng.pick(BODY_PIECES));
+        }
+    }
+    pieces
+}
+
+fn first_ambiguous_fed_as(bytes: &[u8], cuts: &[usize]) -> Option<u64> {
+    let verdict = Arc::new(FramingVerdict::default());
+    let mut watch = FramingWatch::new(256, verdict.clone());
+    let mut at = 0;
+    for &c in cuts {
+        watch.feed(&bytes[at..c]);
+        at = c;
+    }
+    watch.feed(&bytes[at..]);
+    verdict.first_ambiguous()
+}
+
+#[test]
+fn the_framing_watch_never_panics_and_its_verdict_never_depends_on_how_bytes_arrive() {
+    let mut rng = Rng::new(7);
+    for case in 0..CASES / 4 {
+        let pieces = gen_wire(&mut rng);
+        let bytes = pieces.concat().into_bytes();
+        let mut cuts: Vec<usize> = (0..rng.below(6))
+            .map(|_| rng.below(bytes.len() + 1))
+            .collect();
+        cuts.sort_unstable();
+        let fails = |pieces: &[&str]| {
+            let bytes = pieces.concat().into_bytes();
+            let cuts: Vec<usize> = cuts.iter().map(|&c| c.min(bytes.len())).collect();
+            catch_unwind(AssertUnwindSafe(|| {
+                first_ambiguous_fed_as(&bytes, &[]) != first_ambiguous_fed_as(&bytes, &cuts)
+            }))
+            .unwrap_or(true)
+        };
+        if fails(&pieces) {
+            let small = shrink(pieces, fails);
+            panic!(
+                "case {case} ({}): verdict differs by split or panicked for {:?} cut at {cuts:?}",
+                seed_note(),
+                small.concat()
+            );
+        }
+    }
 }

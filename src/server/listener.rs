@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::framing::{FramingVerdict, FramingWatch, Watched};
 use super::idle::IdleIo;
 use crate::config::ServerConfig;
 use crate::metrics::gauge_guard;
@@ -90,6 +91,8 @@ async fn connection(stream: TcpStream, remote: SocketAddr, ctx: Arc<ListenerCtx>
     let server_cfg = &runtime.config.server;
     let builder = http_builder(server_cfg);
     let handshake_timeout = server_cfg.header_read_timeout;
+    let framing = Arc::new(FramingVerdict::default());
+    let watch = FramingWatch::new(server_cfg.max_header_bytes.max(8192), framing.clone());
     match &ctx.tls {
         None => {
             let info = Arc::new(ConnInfo {
@@ -97,10 +100,12 @@ async fn connection(stream: TcpStream, remote: SocketAddr, ctx: Arc<ListenerCtx>
                 tls: false,
                 listener: ctx.name.clone(),
                 client_cert_sha256: None,
+                framing,
             });
             let rt = ctx.runtime.clone();
             let svc = service_fn(move |req| handle(rt.load_full(), info.clone(), req));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(Watched::new(stream, watch)), svc);
             let watched = ctx
                 .graceful
                 .lock()
@@ -139,10 +144,12 @@ async fn connection(stream: TcpStream, remote: SocketAddr, ctx: Arc<ListenerCtx>
                 tls: true,
                 listener: ctx.name.clone(),
                 client_cert_sha256,
+                framing,
             });
             let rt = ctx.runtime.clone();
             let svc = service_fn(move |req| handle(rt.load_full(), info.clone(), req));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(Watched::new(stream, watch)), svc);
             let watched = ctx
                 .graceful
                 .lock()

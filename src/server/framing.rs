@@ -1,0 +1,478 @@
+//! Request-smuggling guard for HTTP/1.
+//!
+//! hyper resolves a request that carries both `Content-Length` and
+//! `Transfer-Encoding` by dropping the length and reading chunked (RFC 9112
+//! §6.1), and it folds identical duplicate `Content-Length` lines into one.
+//! Neither leaves a trace the handler can see, yet both are the raw material
+//! of smuggling through a chain of proxies, and the contract is to refuse them.
+//! So the raw bytes are watched on their way to hyper: this follows HTTP/1
+//! message framing (heads, fixed-length and chunked bodies) just far enough to
+//! find each request head, and marks the connection from the first ambiguous
+//! head on. The handler refuses every request from that ordinal.
+//!
+//! Anything this parser does not understand (HTTP/2's preface, an upgrade, a
+//! head hyper will reject anyway) ends the watch for that connection: hyper
+//! either refuses the bytes itself or they are no longer HTTP/1 messages.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What the watcher tells the handler, shared per connection.
+#[derive(Debug)]
+pub struct FramingVerdict {
+    /// Ordinal (0-based) of the first ambiguous request, or `u64::MAX`.
+    ambiguous_from: AtomicU64,
+    /// Requests the handler has taken from this connection so far.
+    taken: AtomicU64,
+}
+
+impl Default for FramingVerdict {
+    fn default() -> Self {
+        FramingVerdict {
+            ambiguous_from: AtomicU64::new(u64::MAX),
+            taken: AtomicU64::new(0),
+        }
+    }
+}
+
+impl FramingVerdict {
+    /// Called once per HTTP/1 request, in order: true when this request or
+    /// one before it on the connection had ambiguous framing.
+    pub fn next_request_is_ambiguous(&self) -> bool {
+        let n = self.taken.fetch_add(1, Ordering::Relaxed);
+        n >= self.ambiguous_from.load(Ordering::Relaxed)
+    }
+
+    /// The ordinal of the first ambiguous request seen, if any.
+    pub fn first_ambiguous(&self) -> Option<u64> {
+        let n = self.ambiguous_from.load(Ordering::Relaxed);
+        (n != u64::MAX).then_some(n)
+    }
+
+    fn mark(&self, ordinal: u64) {
+        self.ambiguous_from.fetch_min(ordinal, Ordering::Relaxed);
+    }
+}
+
+/// hyper's default limit on header lines; a head with more is refused by it.
+const MAX_HEADERS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    SizeLws,
+    Extension,
+    SizeLf { last: bool },
+    Data(u64),
+    DataCr,
+    DataLf,
+    EndCr,
+    Trailer,
+    TrailerLf,
+    EndLf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Fixed(u64),
+    Chunked(Chunk, u64),
+    /// Not (or no longer) HTTP/1 framing this parser follows.
+    Off,
+}
+
+/// The framing follower, independent of any IO so it can be fed arbitrary splits.
+#[derive(Debug)]
+pub struct FramingWatch {
+    state: State,
+    /// A head that arrived in pieces.
+    partial: Vec<u8>,
+    max_head: usize,
+    heads: u64,
+    verdict: Arc<FramingVerdict>,
+}
+
+impl FramingWatch {
+    pub fn new(max_head: usize, verdict: Arc<FramingVerdict>) -> Self {
+        FramingWatch {
+            state: State::Head,
+            partial: Vec::new(),
+            max_head,
+            heads: 0,
+            verdict,
+        }
+    }
+
+    /// Feeds bytes exactly as hyper will read them.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let used = match self.state {
+                State::Off => return,
+                State::Head => self.head(data),
+                State::Fixed(left) => {
+                    let n = left.min(data.len() as u64);
+                    self.state = if n == left {
+                        State::Head
+                    } else {
+                        State::Fixed(left - n)
+                    };
+                    n as usize
+                }
+                State::Chunked(c, size) => self.chunked(c, size, data),
+            };
+            data = &data[used..];
+        }
+    }
+
+    /// Consumes head bytes; returns how many of `data` were used.
+    fn head(&mut self, data: &[u8]) -> usize {
+        if self.partial.is_empty() {
+            match self.parse_head(data) {
+                Some(n) => n,
+                None => {
+                    if self.state == State::Head {
+                        self.stash(data);
+                    }
+                    data.len()
+                }
+            }
+        } else {
+            // Only head bytes count against the limit: what follows the head
+            // in this read is body or the next request.
+            let before = self.partial.len();
+            let take = data.len().min((self.max_head + 4).saturating_sub(before));
+            self.partial.extend_from_slice(&data[..take]);
+            let partial = std::mem::take(&mut self.partial);
+            match self.parse_head(&partial) {
+                Some(n) => n.saturating_sub(before).min(data.len()),
+                None => {
+                    if self.state == State::Head {
+                        if take < data.len() {
+                            self.off();
+                        } else {
+                            self.partial = partial;
+                        }
+                    }
+                    data.len()
+                }
+            }
+        }
+    }
+
+    fn stash(&mut self, data: &[u8]) {
+        if self.partial.len() + data.len() > self.max_head + 4 {
+            // hyper answers 431 for this head and closes; nothing more to follow.
+            self.off();
+        } else {
+            self.partial.extend_from_slice(data);
+        }
+    }
+
+    fn off(&mut self) {
+        self.state = State::Off;
+        self.partial = Vec::new();
+    }
+
+    /// Parses a head at the start of `buf`: `Some(len)` when complete (the
+    /// state then says how its body is framed), `None` when more is needed or
+    /// the watch ended.
+    fn parse_head(&mut self, buf: &[u8]) -> Option<usize> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return None,
+            Err(_) => {
+                self.off();
+                return None;
+            }
+        };
+        let ordinal = self.heads;
+        self.heads += 1;
+        let mut lengths = 0usize;
+        let mut length = None;
+        let mut transfer_encoding = false;
+        let mut chunked = false;
+        let mut upgrade = req.method == Some("CONNECT");
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                lengths += 1;
+                length = parse_length(h.value);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                transfer_encoding = true;
+                chunked = last_coding_is_chunked(h.value);
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        if (transfer_encoding && lengths > 0) || lengths > 1 {
+            self.verdict.mark(ordinal);
+            self.off();
+            return None;
+        }
+        self.state = if upgrade {
+            State::Off
+        } else if transfer_encoding {
+            if chunked {
+                State::Chunked(Chunk::Size, 0)
+            } else {
+                State::Off
+            }
+        } else if lengths == 1 {
+            match length {
+                Some(0) => State::Head,
+                Some(n) => State::Fixed(n),
+                None => State::Off,
+            }
+        } else {
+            State::Head
+        };
+        if self.state == State::Off {
+            self.partial = Vec::new();
+            return None;
+        }
+        Some(len)
+    }
+
+    /// Follows a chunked body the way hyper's decoder reads it.
+    fn chunked(&mut self, mut c: Chunk, mut size: u64, data: &[u8]) -> usize {
+        let mut i = 0;
+        while i < data.len() {
+            if let Chunk::Data(left) = c {
+                let n = left.min((data.len() - i) as u64);
+                i += n as usize;
+                c = if n == left {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data(left - n)
+                };
+                continue;
+            }
+            let b = data[i];
+            i += 1;
+            let next = match (c, b) {
+                (Chunk::Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+                    let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    match size.checked_mul(16).and_then(|s| s.checked_add(d)) {
+                        Some(s) => {
+                            size = s;
+                            Some(Chunk::Size)
+                        }
+                        None => None,
+                    }
+                }
+                (Chunk::Size | Chunk::SizeLws, b'\t' | b' ') => Some(Chunk::SizeLws),
+                (Chunk::Size | Chunk::SizeLws, b';') => Some(Chunk::Extension),
+                (Chunk::Size | Chunk::SizeLws | Chunk::Extension, b'\r') => {
+                    Some(Chunk::SizeLf { last: size == 0 })
+                }
+                (Chunk::Extension, b'\n') => None,
+                (Chunk::Extension, _) => Some(Chunk::Extension),
+                (Chunk::SizeLf { last: true }, b'\n') => Some(Chunk::EndCr),
+                (Chunk::SizeLf { last: false }, b'\n') => {
+                    let s = size;
+                    size = 0;
+                    Some(Chunk::Data(s))
+                }
+                (Chunk::DataCr, b'\r') => Some(Chunk::DataLf),
+                (Chunk::DataLf, b'\n') => Some(Chunk::Size),
+                (Chunk::EndCr, b'\r') => Some(Chunk::EndLf),
+                (Chunk::Trailer, b'\r') => Some(Chunk::TrailerLf),
+                (Chunk::EndCr | Chunk::Trailer, _) => Some(Chunk::Trailer),
+                (Chunk::TrailerLf, b'\n') => Some(Chunk::EndCr),
+                (Chunk::EndLf, b'\n') => {
+                    self.state = State::Head;
+                    return i;
+                }
+                _ => None,
+            };
+            match next {
+                Some(n) => c = n,
+                None => {
+                    // hyper refuses this body and closes the connection.
+                    self.off();
+                    return data.len();
+                }
+            }
+        }
+        self.state = State::Chunked(c, size);
+        i
+    }
+}
+
+/// hyper's reading of a single `Content-Length` value: ASCII digits only.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+fn last_coding_is_chunked(v: &[u8]) -> bool {
+    let last = v.rsplit(|&b| b == b',').next().unwrap_or(v);
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
+pin_project! {
+    /// A connection's IO, with its incoming bytes shown to a [`FramingWatch`].
+    pub struct Watched<T> {
+        #[pin]
+        inner: T,
+        watch: FramingWatch,
+    }
+}
+
+impl<T> Watched<T> {
+    pub fn new(inner: T, watch: FramingWatch) -> Self {
+        Watched { inner, watch }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if this.watch.state != State::Off {
+            this.watch.feed(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` split at every pair of cut points and returns the
+    /// ambiguous ordinal each split produced (they must all agree).
+    fn verdicts(bytes: &[u8]) -> Vec<u64> {
+        let mut out = Vec::new();
+        let cuts: Vec<usize> = (0..=bytes.len()).step_by(7).collect();
+        for &a in &cuts {
+            for &b in cuts.iter().filter(|&&b| b >= a) {
+                let v = Arc::new(FramingVerdict::default());
+                let mut w = FramingWatch::new(8192, v.clone());
+                w.feed(&bytes[..a]);
+                w.feed(&bytes[a..b]);
+                w.feed(&bytes[b..]);
+                out.push(v.ambiguous_from.load(Ordering::Relaxed));
+            }
+        }
+        out
+    }
+
+    fn first_ambiguous(bytes: &[u8]) -> Option<u64> {
+        let all = verdicts(bytes);
+        assert!(
+            all.iter().all(|v| *v == all[0]),
+            "verdict depends on how the bytes were split: {all:?}"
+        );
+        (all[0] != u64::MAX).then_some(all[0])
+    }
+
+    #[test]
+    fn clean_pipelines_are_never_marked_however_they_are_split() {
+        // Bodies that look like ambiguous heads: only framing tells them apart.
+        let bait = "POST /s HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let bytes = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{bait}\
+POST /y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+{:x};ext=1\r\n{bait}\r\n0\r\nTrailer: t\r\n\r\n\
+GET /z HTTP/1.1\r\nHost: a\r\n\r\n",
+            bait.len(),
+            bait.len()
+        );
+        assert_eq!(first_ambiguous(bytes.as_bytes()), None);
+        // The control: the same bait as a head is found.
+        let bytes = format!("GET / HTTP/1.1\r\nHost: a\r\n\r\n{bait}");
+        assert_eq!(first_ambiguous(bytes.as_bytes()), Some(1));
+    }
+
+    #[test]
+    fn each_ambiguous_head_is_found_at_its_ordinal() {
+        let ok = "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+GET /b HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabcd";
+        for bad in [
+            "POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST /c HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n",
+            "POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+            "POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: identity\r\n\r\nabcd",
+        ] {
+            let bytes = format!("{ok}{bad}GET /d HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(first_ambiguous(bytes.as_bytes()), Some(2), "{bad}");
+        }
+    }
+
+    #[test]
+    fn http2_and_upgrades_end_the_watch() {
+        let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(first_ambiguous(h2), None);
+        let ws =
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
+POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(first_ambiguous(ws), None);
+    }
+
+    #[test]
+    fn an_oversized_head_ends_the_watch_without_growing_without_bound() {
+        let v = Arc::new(FramingVerdict::default());
+        let mut w = FramingWatch::new(64, v);
+        w.feed(b"GET / HTTP/1.1\r\n");
+        for _ in 0..100 {
+            w.feed(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert_eq!(w.state, State::Off);
+        assert!(w.partial.capacity() == 0);
+    }
+
+    #[test]
+    fn the_handler_side_refuses_from_the_marked_ordinal_on() {
+        let v = FramingVerdict::default();
+        v.mark(1);
+        assert!(!v.next_request_is_ambiguous());
+        assert!(v.next_request_is_ambiguous());
+        assert!(v.next_request_is_ambiguous());
+    }
+}
