@@ -14,14 +14,17 @@
 //! head hyper will reject anyway) ends the watch for that connection: hyper
 //! either refuses the bytes itself or they are no longer HTTP/1 messages.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 /// What the watcher tells the handler, shared per connection.
 #[derive(Debug)]
@@ -319,18 +322,71 @@ fn last_coding_is_chunked(v: &[u8]) -> bool {
     last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
+impl FramingWatch {
+    /// True between requests: every byte hyper has been given belongs to a
+    /// complete message.
+    fn at_boundary(&self) -> bool {
+        self.state == State::Head && self.partial.is_empty()
+    }
+}
+
 pin_project! {
     /// A connection's IO, with its incoming bytes shown to a [`FramingWatch`].
+    ///
+    /// With parking on, it also ends a hyper HTTP/1 session as soon as the
+    /// connection falls idle between requests: a read that would block at a
+    /// message boundary, with nothing left to flush, reads as end of stream,
+    /// and the shutdown hyper then asks for is skipped. hyper hands the IO
+    /// back and frees its buffers; the listener waits for the next bytes
+    /// with no HTTP state at all (see `listener::serve_http1`).
     pub struct Watched<T> {
         #[pin]
         inner: T,
         watch: FramingWatch,
+        park_when_idle: bool,
+        parked: bool,
+        write_pending: bool,
+        last_read: Instant,
+        park_timer: Option<Pin<Box<Sleep>>>,
     }
 }
 
+/// How long a connection must sit idle between requests before its session
+/// ends. Busy keep-alive connections (a client sending its next request
+/// right after the last answer) stay in one session, so the cost of parking
+/// and resuming is paid only by connections that are really idle.
+pub const PARK_AFTER: Duration = Duration::from_millis(50);
+
 impl<T> Watched<T> {
     pub fn new(inner: T, watch: FramingWatch) -> Self {
-        Watched { inner, watch }
+        Watched {
+            inner,
+            watch,
+            park_when_idle: false,
+            parked: false,
+            write_pending: false,
+            last_read: Instant::now(),
+            park_timer: None,
+        }
+    }
+
+    pub fn parking(mut self) -> Self {
+        self.park_when_idle = true;
+        self
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// True when the last session ended because the connection fell idle.
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Starts a new session on this IO.
+    pub fn unpark(&mut self) {
+        self.parked = false;
     }
 }
 
@@ -341,13 +397,51 @@ impl<T: AsyncRead> AsyncRead for Watched<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        let before = buf.filled().len();
-        let r = this.inner.poll_read(cx, buf);
-        if this.watch.state != State::Off {
-            this.watch.feed(&buf.filled()[before..]);
+        if *this.parked {
+            return Poll::Ready(Ok(()));
         }
-        r
+        let before = buf.filled().len();
+        match this.inner.poll_read(cx, buf) {
+            Poll::Pending
+                if *this.park_when_idle && !*this.write_pending && this.watch.at_boundary() =>
+            {
+                let due = *this.last_read + PARK_AFTER;
+                let timer = this
+                    .park_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                // Re-armed only when it fires early, so a busy connection
+                // touches the timer wheel about once per PARK_AFTER.
+                loop {
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let due = *this.last_read + PARK_AFTER;
+                    if Instant::now() >= due {
+                        *this.parked = true;
+                        *this.park_timer = None;
+                        return Poll::Ready(Ok(()));
+                    }
+                    timer.as_mut().reset(due);
+                }
+            }
+            r => {
+                if buf.filled().len() > before {
+                    *this.last_read = Instant::now();
+                    if this.watch.state != State::Off {
+                        this.watch.feed(&buf.filled()[before..]);
+                    }
+                }
+                r
+            }
+        }
     }
+}
+
+/// Remembers whether the last write or flush would have blocked: hyper still
+/// holds bytes then, and the session must not end.
+fn track<T>(pending: &mut bool, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    *pending = r.is_pending();
+    r
 }
 
 impl<T: AsyncWrite> AsyncWrite for Watched<T> {
@@ -356,7 +450,8 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        track(this.write_pending, this.inner.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -364,7 +459,8 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        track(this.write_pending, this.inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -372,11 +468,17 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        track(this.write_pending, this.inner.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let this = self.project();
+        if *this.parked {
+            // The session ended because the connection is idle, not closing.
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_shutdown(cx)
     }
 }
 
@@ -474,5 +576,97 @@ POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(!v.next_request_is_ambiguous());
         assert!(v.next_request_is_ambiguous());
         assert!(v.next_request_is_ambiguous());
+    }
+
+    /// Reads once from `io`: `Some(n)` bytes (0 = end of stream) or `None` if it would block.
+    async fn try_read<T: AsyncRead + Unpin>(io: &mut T) -> Option<usize> {
+        let mut buf = [0u8; 64];
+        std::future::poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                Poll::Ready(r) => Poll::Ready(Some(r.map(|_| rb.filled().len()).unwrap_or(0))),
+                Poll::Pending => Poll::Ready(None),
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_ends_only_at_a_boundary_with_nothing_left_to_flush() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(256);
+        let watch = FramingWatch::new(8192, Arc::new(FramingVerdict::default()));
+        let mut io = Watched::new(near, watch).parking();
+
+        // Mid-head: never parks, however long it waits.
+        far.write_all(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n")
+            .await
+            .unwrap();
+        assert!(try_read(&mut io).await.unwrap() > 0);
+        tokio::time::sleep(PARK_AFTER * 3).await;
+        assert_eq!(try_read(&mut io).await, None);
+        // Mid-body: likewise.
+        far.write_all(b"\r\nab").await.unwrap();
+        assert!(try_read(&mut io).await.unwrap() > 0);
+        tokio::time::sleep(PARK_AFTER * 3).await;
+        assert_eq!(try_read(&mut io).await, None);
+        far.write_all(b"c").await.unwrap();
+        assert_eq!(try_read(&mut io).await, Some(1));
+
+        // At the boundary, with an answer the peer has not taken yet.
+        let answer = vec![b'x'; 1024];
+        let written = std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut io).poll_write(cx, &answer) {
+                Poll::Ready(r) => r.unwrap(),
+                Poll::Pending => 0,
+            })
+        })
+        .await;
+        assert!(written < answer.len());
+        let blocked = std::future::poll_fn(|cx| {
+            Poll::Ready(
+                Pin::new(&mut io)
+                    .poll_write(cx, &answer[written..])
+                    .is_pending(),
+            )
+        })
+        .await;
+        assert!(blocked, "the duplex should be full");
+        tokio::time::sleep(PARK_AFTER * 3).await;
+        assert_eq!(try_read(&mut io).await, None, "parked with bytes unflushed");
+        assert!(!io.is_parked());
+
+        // The peer drains; the rest is written and flushed; now it parks.
+        let mut sink = vec![0u8; answer.len()];
+        let (w, r) = tokio::join!(
+            async {
+                io.write_all(&answer[written..]).await?;
+                io.flush().await
+            },
+            far.read_exact(&mut sink)
+        );
+        w.unwrap();
+        r.unwrap();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                if try_read(&mut io).await == Some(0) {
+                    return;
+                }
+                tokio::time::sleep(PARK_AFTER / 2).await;
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok() && io.is_parked(),
+            "an idle session did not end"
+        );
+        // Its shutdown is skipped: the peer sees no end of stream.
+        io.shutdown().await.unwrap();
+        assert!(
+            tokio::time::timeout(PARK_AFTER * 2, far.read(&mut sink))
+                .await
+                .is_err(),
+            "the parked connection was shut down"
+        );
     }
 }

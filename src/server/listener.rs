@@ -1,19 +1,22 @@
 //! The accept loop of one listening address.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::framing::{FramingVerdict, FramingWatch, Watched};
@@ -40,6 +43,19 @@ pub fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     if !cfg.http2 {
         b = b.http1_only();
     }
+    b
+}
+
+/// The HTTP/1-only settings used for parked connections (see
+/// [`serve_http1`]): the same limits as [`http_builder`], plus half-close so
+/// that hyper never reads mid-message just to watch for a hang-up.
+fn http1_builder(cfg: &ServerConfig) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .keep_alive(true)
+        .half_close(true);
     b
 }
 
@@ -71,30 +87,98 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, mut stop: watch
             _ = stop.changed() => return,
         };
         let ctx2 = ctx.clone();
-        tokio::spawn(async move {
-            connection(stream, remote, ctx2).await;
-            drop(permit);
-        });
+        let stop2 = stop.clone();
+        tokio::spawn(connection(stream, remote, ctx2, stop2, permit));
     }
 }
 
-async fn connection(stream: TcpStream, remote: SocketAddr, ctx: Arc<ListenerCtx>) {
+/// The socket under a connection's layers, for waiting on it while parked.
+pub trait Socket {
+    fn socket(&self) -> &TcpStream;
+}
+
+impl Socket for IdleIo<TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref()
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<IdleIo<TcpStream>> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0.get_ref()
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum FirstBytes {
+    Http1,
+    /// The HTTP/2 preface, or too few bytes yet to tell.
+    MaybeHttp2,
+    Nothing,
+}
+
+/// Looks at a plaintext connection's first bytes without taking them.
+async fn first_bytes(stream: &TcpStream, wait: Duration) -> FirstBytes {
+    if !matches!(
+        tokio::time::timeout(wait, stream.readable()).await,
+        Ok(Ok(()))
+    ) {
+        return FirstBytes::Nothing;
+    }
+    let mut buf = [0u8; 24];
+    match stream.peek(&mut buf).await {
+        Ok(0) | Err(_) => FirstBytes::Nothing,
+        Ok(n) if buf[..n] == H2_PREFACE[..n] => FirstBytes::MaybeHttp2,
+        Ok(_) => FirstBytes::Http1,
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    ctx: Arc<ListenerCtx>,
+    mut stop: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) {
     let _ = stream.set_nodelay(true);
-    let stream = IdleIo::new(stream, ctx.runtime.load().config.server.idle_timeout);
     let runtime = ctx.runtime.load_full();
     let metrics = runtime.metrics.clone();
-    let _active = gauge_guard(
-        metrics
-            .connections_active
-            .with_label_values(&[ctx.name.as_str()]),
+    // Both released when the connection ends, in whichever task that is.
+    let held = (
+        permit,
+        gauge_guard(
+            metrics
+                .connections_active
+                .with_label_values(&[ctx.name.as_str()]),
+        ),
     );
     let server_cfg = &runtime.config.server;
-    let builder = http_builder(server_cfg);
     let handshake_timeout = server_cfg.header_read_timeout;
     let framing = Arc::new(FramingVerdict::default());
     let watch = FramingWatch::new(server_cfg.max_header_bytes.max(8192), framing.clone());
+    // Taken once the connection has shown it is alive (first bytes, TLS
+    // handshake) and held for its life, so that a drain waits for it.
+    let drain_watcher = || {
+        ctx.graceful
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|g| g.watcher()))
+    };
     match &ctx.tls {
         None => {
+            let first = if server_cfg.http2 {
+                tokio::select! {
+                    f = first_bytes(&stream, handshake_timeout) => f,
+                    _ = stop.changed() => return,
+                }
+            } else {
+                FirstBytes::Http1
+            };
+            let Some(watcher) = drain_watcher() else {
+                return;
+            };
+            let stream = IdleIo::new(stream, server_cfg.idle_timeout);
             let info = Arc::new(ConnInfo {
                 remote,
                 tls: false,
@@ -104,41 +188,54 @@ async fn connection(stream: TcpStream, remote: SocketAddr, ctx: Arc<ListenerCtx>
             });
             let rt = ctx.runtime.clone();
             let svc = service_fn(move |req| handle(rt.load_full(), info.clone(), req));
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(Watched::new(stream, watch)), svc);
-            let watched = ctx
-                .graceful
-                .lock()
-                .ok()
-                .and_then(|g| g.as_ref().map(|g| g.watch(conn.into_owned())));
-            if let Some(w) = watched {
-                if let Err(e) = w.await {
-                    tracing::debug!(%remote, "connection ended: {e}");
+            match first {
+                FirstBytes::Nothing => {}
+                FirstBytes::Http1 => {
+                    let io = Watched::new(stream, watch).parking();
+                    let parked = Parked::new(server_cfg, stop, watcher, held);
+                    tokio::spawn(serve_http1(io, svc, parked));
+                }
+                FirstBytes::MaybeHttp2 => {
+                    let io = TokioIo::new(Watched::new(stream, watch));
+                    let builder = http_builder(server_cfg);
+                    let conn = builder.serve_connection_with_upgrades(io, svc);
+                    // Boxed: parked HTTP/1 connections share this task's size.
+                    if let Err(e) = Box::pin(watcher.watch(conn.into_owned())).await {
+                        tracing::debug!(%remote, "connection ended: {e}");
+                    }
                 }
             }
         }
         Some(tls) => {
+            let stream = IdleIo::new(stream, server_cfg.idle_timeout);
             let acceptor = TlsAcceptor::from(tls.load_full());
-            let stream =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        metrics.tls_handshake_errors_total.inc();
-                        tracing::debug!(%remote, "TLS handshake failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        metrics.tls_handshake_errors_total.inc();
-                        tracing::debug!(%remote, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let client_cert_sha256 = stream
-                .get_ref()
-                .1
+            let stream = match Box::pin(tokio::time::timeout(
+                handshake_timeout,
+                acceptor.accept(stream),
+            ))
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    metrics.tls_handshake_errors_total.inc();
+                    tracing::debug!(%remote, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    metrics.tls_handshake_errors_total.inc();
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let Some(watcher) = drain_watcher() else {
+                return;
+            };
+            let session = stream.get_ref().1;
+            let client_cert_sha256 = session
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| URL_SAFE_NO_PAD.encode(Sha256::digest(c.as_ref())));
+            let h2 = session.alpn_protocol() == Some(b"h2");
             let info = Arc::new(ConnInfo {
                 remote,
                 tls: true,
@@ -148,18 +245,112 @@ async fn connection(stream: TcpStream, remote: SocketAddr, ctx: Arc<ListenerCtx>
             });
             let rt = ctx.runtime.clone();
             let svc = service_fn(move |req| handle(rt.load_full(), info.clone(), req));
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(Watched::new(stream, watch)), svc);
-            let watched = ctx
-                .graceful
-                .lock()
-                .ok()
-                .and_then(|g| g.as_ref().map(|g| g.watch(conn.into_owned())));
-            if let Some(w) = watched {
-                if let Err(e) = w.await {
+            if h2 {
+                let io = TokioIo::new(Watched::new(stream, watch));
+                let builder = http_builder(server_cfg);
+                let conn = builder.serve_connection_with_upgrades(io, svc);
+                if let Err(e) = Box::pin(watcher.watch(conn.into_owned())).await {
                     tracing::debug!(%remote, "connection ended: {e}");
                 }
+            } else {
+                let io = Watched::new(stream, watch).parking();
+                let parked = Parked::new(server_cfg, stop, watcher, held);
+                tokio::spawn(serve_http1(io, svc, parked));
             }
         }
+    }
+}
+
+/// What an HTTP/1 connection keeps between sessions.
+struct Parked<G> {
+    builder: http1::Builder,
+    first_wait: Duration,
+    idle_wait: Duration,
+    stop: watch::Receiver<bool>,
+    /// Holding it makes a drain wait for this connection.
+    _drain: hyper_util::server::graceful::Watcher,
+    _held: G,
+}
+
+impl<G> Parked<G> {
+    fn new(
+        cfg: &ServerConfig,
+        stop: watch::Receiver<bool>,
+        drain: hyper_util::server::graceful::Watcher,
+        held: G,
+    ) -> Self {
+        Parked {
+            builder: http1_builder(cfg),
+            first_wait: cfg.header_read_timeout,
+            idle_wait: cfg.idle_timeout,
+            stop,
+            _drain: drain,
+            _held: held,
+        }
+    }
+}
+
+/// Serves HTTP/1 in sessions: hyper runs while requests come, and between
+/// bursts the connection is parked with no HTTP state (no buffers, no hyper
+/// connection) until its socket is readable again. It runs as a task of its
+/// own, so that a parked connection's task is only this small state, not
+/// the setup (TLS handshake, protocol sniffing) that came before.
+async fn serve_http1<T, S, G>(mut io: Watched<T>, svc: S, mut parked: Parked<G>)
+where
+    T: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Clone + Unpin + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // The first request must come within header_read_timeout; later ones
+    // within idle_timeout of the last byte.
+    let mut wait = parked.first_wait;
+    let stop = &mut parked.stop;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let readable = std::future::poll_fn(|cx| io.get_ref().socket().poll_read_ready(cx));
+        tokio::select! {
+            r = tokio::time::timeout(wait, readable) => {
+                if !matches!(r, Ok(Ok(()))) {
+                    return;
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        io.unpark();
+        let mut conn = Box::pin(
+            parked
+                .builder
+                .serve_connection(TokioIo::new(io), svc.clone())
+                .with_upgrades(),
+        );
+        let mut draining = false;
+        let ended = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = stop.changed(), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!("connection ended: {e}");
+            return;
+        }
+        // None: upgraded, the IO now belongs to the upgrade.
+        let Some(parts) = Pin::into_inner(conn).into_parts() else {
+            return;
+        };
+        io = parts.io.into_inner();
+        if !io.is_parked() || !parts.read_buf.is_empty() || draining {
+            return;
+        }
+        wait = parked.idle_wait;
     }
 }
