@@ -172,6 +172,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    let http1 = req.version() <= Version::HTTP_11;
     let mut ctx = Ctx {
         request_id: request_id(req.headers()),
         method: req.method().clone(),
@@ -240,6 +241,9 @@ pub async fn handle(
         upstream_ms: ctx.upstream_ms,
         auth: ctx.auth,
     });
+    if http1 {
+        resp = resp.map(|b| conn.framing.count_answer(b));
+    }
     Ok(resp)
 }
 

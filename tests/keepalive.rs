@@ -231,3 +231,83 @@ async fn an_idle_connection_is_closed_at_once_by_a_drain() {
         String::from_utf8_lossy(&rest)
     );
 }
+
+#[tokio::test]
+async fn a_client_hanging_up_mid_request_cancels_the_upstream_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    up.behaviour.lock().unwrap().delay = Duration::from_millis(1500);
+    let gw = start(dir.path(), &up, "").await;
+    let mut s = TcpStream::connect(gw.listen_addrs()[0]).await.unwrap();
+    s.write_all(&get("/slow")).await.unwrap();
+    // Longer than the park delay: the request is in flight, not idle.
+    tokio::time::sleep(GAP).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(up.count(), 1, "the upstream saw the request");
+    // The control: the same request, waited for, is counted under these labels.
+    let mut s = TcpStream::connect(gw.listen_addrs()[0]).await.unwrap();
+    s.write_all(&get("/slow")).await.unwrap();
+    assert_eq!(response(&mut s).await.0, 200);
+    // Only the control's 200 was counted.
+    let labels = [("route", "route0"), ("method", "GET"), ("status", "200")];
+    let answered = metric(&gw, "portcullis_requests_total", &labels).await;
+    assert_eq!(
+        answered, 1.0,
+        "the upstream call went on after the client hung up"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tls_request_sent_with_the_handshakes_last_flight_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(dir.path());
+    let up = Upstream::start().await;
+    let gw = start(
+        dir.path(),
+        &up,
+        "tls = { cert = \"server.crt\", key = \"server.key\" }",
+    )
+    .await;
+    let addr = gw.listen_addrs()[0];
+    let ca = certs.ca_pem.clone();
+    // Blocking rustls, so that the client's Finished and its request leave
+    // in one write: the gateway's handshake reads both off the socket.
+    let reply = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+            .unwrap();
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut tls = rustls::ClientConnection::new(
+            Arc::new(cfg),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        tls.writer()
+            .write_all(b"GET /with-finished HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut sock).unwrap();
+        }
+        while tls.wants_write() {
+            tls.write_tls(&mut sock).unwrap();
+        }
+        let mut stream = rustls::Stream::new(&mut tls, &mut sock);
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert_eq!(up.last().uri, "/with-finished");
+    gw.shutdown().await;
+}

@@ -22,9 +22,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::body::{Body, BoxError};
 
 /// What the watcher tells the handler, shared per connection.
 #[derive(Debug)]
@@ -33,6 +37,8 @@ pub struct FramingVerdict {
     ambiguous_from: AtomicU64,
     /// Requests the handler has taken from this connection so far.
     taken: AtomicU64,
+    /// Responses hyper has finished with (their bodies dropped).
+    answered: AtomicU64,
 }
 
 impl Default for FramingVerdict {
@@ -40,6 +46,7 @@ impl Default for FramingVerdict {
         FramingVerdict {
             ambiguous_from: AtomicU64::new(u64::MAX),
             taken: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
         }
     }
 }
@@ -56,6 +63,15 @@ impl FramingVerdict {
     pub fn first_ambiguous(&self) -> Option<u64> {
         let n = self.ambiguous_from.load(Ordering::Relaxed);
         (n != u64::MAX).then_some(n)
+    }
+
+    /// Counts one HTTP/1 response as finished once hyper drops its body.
+    pub fn count_answer(self: &Arc<Self>, body: Body) -> Body {
+        Answer {
+            inner: body,
+            verdict: self.clone(),
+        }
+        .boxed()
     }
 
     fn mark(&self, ordinal: u64) {
@@ -326,7 +342,46 @@ impl FramingWatch {
     /// True between requests: every byte hyper has been given belongs to a
     /// complete message.
     fn at_boundary(&self) -> bool {
-        self.state == State::Head && self.partial.is_empty()
+        self.state == State::Head
+            && self.partial.is_empty()
+            && self.verdict.answered.load(Ordering::Relaxed) >= self.heads
+    }
+}
+
+pin_project! {
+    /// A response body that counts itself answered when dropped: until every
+    /// request read has its answer written, the connection is not idle (hyper
+    /// reads meanwhile only to notice a client hanging up).
+    struct Answer {
+        #[pin]
+        inner: Body,
+        verdict: Arc<FramingVerdict>,
+    }
+
+    impl PinnedDrop for Answer {
+        fn drop(this: Pin<&mut Self>) {
+            this.verdict.answered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -595,7 +650,8 @@ POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
     async fn an_idle_session_ends_only_at_a_boundary_with_nothing_left_to_flush() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (near, mut far) = tokio::io::duplex(256);
-        let watch = FramingWatch::new(8192, Arc::new(FramingVerdict::default()));
+        let verdict = Arc::new(FramingVerdict::default());
+        let watch = FramingWatch::new(8192, verdict.clone());
         let mut io = Watched::new(near, watch).parking();
 
         // Mid-head: never parks, however long it waits.
@@ -612,6 +668,12 @@ POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(try_read(&mut io).await, None);
         far.write_all(b"c").await.unwrap();
         assert_eq!(try_read(&mut io).await, Some(1));
+
+        // Read whole, but not answered yet: hyper reads meanwhile only to
+        // notice a hang-up, and the session must go on.
+        tokio::time::sleep(PARK_AFTER * 3).await;
+        assert_eq!(try_read(&mut io).await, None, "parked before answering");
+        drop(verdict.count_answer(crate::body::empty()));
 
         // At the boundary, with an answer the peer has not taken yet.
         let answer = vec![b'x'; 1024];

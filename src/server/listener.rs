@@ -47,15 +47,13 @@ pub fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 }
 
 /// The HTTP/1-only settings used for parked connections (see
-/// [`serve_http1`]): the same limits as [`http_builder`], plus half-close so
-/// that hyper never reads mid-message just to watch for a hang-up.
+/// [`serve_http1`]): the same limits as [`http_builder`].
 fn http1_builder(cfg: &ServerConfig) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_bytes.max(8192))
-        .keep_alive(true)
-        .half_close(true);
+        .keep_alive(true);
     b
 }
 
@@ -264,7 +262,6 @@ async fn connection(
 /// What an HTTP/1 connection keeps between sessions.
 struct Parked<G> {
     builder: http1::Builder,
-    first_wait: Duration,
     idle_wait: Duration,
     stop: watch::Receiver<bool>,
     /// Holding it makes a drain wait for this connection.
@@ -281,7 +278,6 @@ impl<G> Parked<G> {
     ) -> Self {
         Parked {
             builder: http1_builder(cfg),
-            first_wait: cfg.header_read_timeout,
             idle_wait: cfg.idle_timeout,
             stop,
             _drain: drain,
@@ -307,21 +303,30 @@ where
 {
     // The first request must come within header_read_timeout; later ones
     // within idle_timeout of the last byte.
-    let mut wait = parked.first_wait;
     let stop = &mut parked.stop;
+    // The first session starts at once: the TLS handshake may already have
+    // read the first request off the socket (a client's Finished and its
+    // request often arrive together), and hyper's header_read_timeout
+    // bounds a client that sends nothing. Later sessions start when the
+    // socket is readable: a session only ends when everything read was
+    // answered and nothing is buffered above the socket.
+    let mut first = true;
     loop {
         if *stop.borrow() {
             return;
         }
-        let readable = std::future::poll_fn(|cx| io.get_ref().socket().poll_read_ready(cx));
-        tokio::select! {
-            r = tokio::time::timeout(wait, readable) => {
-                if !matches!(r, Ok(Ok(()))) {
-                    return;
+        if !first {
+            let readable = std::future::poll_fn(|cx| io.get_ref().socket().poll_read_ready(cx));
+            tokio::select! {
+                r = tokio::time::timeout(parked.idle_wait, readable) => {
+                    if !matches!(r, Ok(Ok(()))) {
+                        return;
+                    }
                 }
+                _ = stop.changed() => return,
             }
-            _ = stop.changed() => return,
         }
+        first = false;
         io.unpark();
         let mut conn = Box::pin(
             parked
@@ -351,6 +356,5 @@ where
         if !io.is_parked() || !parts.read_buf.is_empty() || draining {
             return;
         }
-        wait = parked.idle_wait;
     }
 }
