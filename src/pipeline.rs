@@ -22,7 +22,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 
-use crate::access_log::{rfc3339_now, AccessLine, AccessLog, AuthFields};
+use crate::access_log::{AccessLine, AccessLog, AuthFields};
 use crate::auth::dpop;
 use crate::auth::policy;
 use crate::auth::token::{self, Presented, TokenSource};
@@ -226,20 +226,19 @@ pub async fn handle(
         .with_label_values(&[route_label])
         .observe(elapsed.as_secs_f64());
     rt.access_log.write(&AccessLine {
-        ts: rfc3339_now(),
         level: "INFO",
         msg: "access",
-        request_id: ctx.request_id.to_str().unwrap_or("-").to_string(),
-        remote: conn.remote.to_string(),
-        method: ctx.method.to_string(),
-        host: ctx.host,
-        path: ctx.path_for_log,
-        route: ctx.route.as_ref().map(|r| r.id.clone()),
-        upstream: ctx.route.as_ref().map(|r| r.upstream.clone()),
+        request_id: ctx.request_id.to_str().unwrap_or("-"),
+        remote: conn.remote,
+        method: ctx.method.as_str(),
+        host: &ctx.host,
+        path: &ctx.path_for_log,
+        route: ctx.route.as_ref().map(|r| r.id.as_str()),
+        upstream: ctx.route.as_ref().map(|r| r.upstream.as_str()),
         status: status.as_u16(),
         duration_ms: elapsed.as_secs_f64() * 1000.0,
         upstream_ms: ctx.upstream_ms,
-        auth: ctx.auth,
+        auth: &ctx.auth,
     });
     if http1 {
         resp = resp.map(|b| conn.framing.count_answer(b));

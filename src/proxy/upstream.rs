@@ -78,15 +78,19 @@ impl Upstream {
         let endpoints = cfg
             .endpoints
             .iter()
-            .map(|u| Endpoint {
-                scheme: u.scheme().cloned().unwrap_or(Scheme::HTTP),
-                authority: u
+            .map(|u| {
+                // `check` refuses such an endpoint first; never panic on one.
+                let authority = u
                     .authority()
                     .cloned()
-                    .expect("endpoints are validated to have a host"),
-                ejected_until: AtomicU64::new(0),
+                    .ok_or_else(|| format!("upstream endpoint {u} has no host"))?;
+                Ok(Endpoint {
+                    scheme: u.scheme().cloned().unwrap_or(Scheme::HTTP),
+                    authority,
+                    ejected_until: AtomicU64::new(0),
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         Ok(Upstream {
             name: cfg.name.clone(),
             endpoints,

@@ -184,23 +184,16 @@ async fn connection(
                 client_cert_sha256: None,
                 framing,
             });
-            let rt = ctx.runtime.clone();
-            let svc = service_fn(move |req| handle(rt.load_full(), info.clone(), req));
             match first {
                 FirstBytes::Nothing => {}
                 FirstBytes::Http1 => {
                     let io = Watched::new(stream, watch).parking();
                     let parked = Parked::new(server_cfg, stop, watcher, held);
-                    tokio::spawn(serve_http1(io, svc, parked));
+                    tokio::spawn(serve_http1(io, ctx.runtime.clone(), info, parked));
                 }
                 FirstBytes::MaybeHttp2 => {
-                    let io = TokioIo::new(Watched::new(stream, watch));
-                    let builder = http_builder(server_cfg);
-                    let conn = builder.serve_connection_with_upgrades(io, svc);
-                    // Boxed: parked HTTP/1 connections share this task's size.
-                    if let Err(e) = Box::pin(watcher.watch(conn.into_owned())).await {
-                        tracing::debug!(%remote, "connection ended: {e}");
-                    }
+                    let io = Watched::new(stream, watch);
+                    serve_auto(io, info, &ctx, server_cfg, watcher).await;
                 }
             }
         }
@@ -241,21 +234,36 @@ async fn connection(
                 client_cert_sha256,
                 framing,
             });
-            let rt = ctx.runtime.clone();
-            let svc = service_fn(move |req| handle(rt.load_full(), info.clone(), req));
             if h2 {
-                let io = TokioIo::new(Watched::new(stream, watch));
-                let builder = http_builder(server_cfg);
-                let conn = builder.serve_connection_with_upgrades(io, svc);
-                if let Err(e) = Box::pin(watcher.watch(conn.into_owned())).await {
-                    tracing::debug!(%remote, "connection ended: {e}");
-                }
+                let io = Watched::new(stream, watch);
+                serve_auto(io, info, &ctx, server_cfg, watcher).await;
             } else {
                 let io = Watched::new(stream, watch).parking();
                 let parked = Parked::new(server_cfg, stop, watcher, held);
-                tokio::spawn(serve_http1(io, svc, parked));
+                tokio::spawn(serve_http1(io, ctx.runtime.clone(), info, parked));
             }
         }
+    }
+}
+
+/// Serves HTTP/2 (or whatever hyper-util's detection finds) for the whole
+/// connection, with a drain's graceful shutdown. Not parked.
+async fn serve_auto<T>(
+    io: Watched<T>,
+    info: Arc<ConnInfo>,
+    ctx: &ListenerCtx,
+    cfg: &ServerConfig,
+    drain: hyper_util::server::graceful::Watcher,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let rt = ctx.runtime.clone();
+    let remote = info.remote;
+    let svc = service_fn(move |req| handle(rt.load_full(), info.clone(), req));
+    let builder = http_builder(cfg);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = drain.watch(conn.into_owned()).await {
+        tracing::debug!(%remote, "connection ended: {e}");
     }
 }
 
@@ -291,18 +299,17 @@ impl<G> Parked<G> {
 /// connection) until its socket is readable again. It runs as a task of its
 /// own, so that a parked connection's task is only this small state, not
 /// the setup (TLS handshake, protocol sniffing) that came before.
-async fn serve_http1<T, S, G>(mut io: Watched<T>, svc: S, mut parked: Parked<G>)
-where
+async fn serve_http1<T, G>(
+    mut io: Watched<T>,
+    rt: Arc<ArcSwap<Runtime>>,
+    info: Arc<ConnInfo>,
+    mut parked: Parked<G>,
+) where
     T: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming> + Clone + Unpin + Send + 'static,
-    S::Future: Send + 'static,
-    S::ResBody: Send + 'static,
-    <S::ResBody as http_body::Body>::Data: Send,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // The first request must come within header_read_timeout; later ones
     // within idle_timeout of the last byte.
+    let svc = service_fn(move |req| handle(rt.load_full(), info.clone(), req));
     let stop = &mut parked.stop;
     // The first session starts at once: the TLS handshake may already have
     // read the first request off the socket (a client's Finished and its
