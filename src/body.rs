@@ -17,6 +17,9 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
-pub fn stream(body: hyper::body::Incoming) -> Body {
+pub fn stream<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+{
     body.map_err(|e| Box::new(e) as BoxError).boxed()
 }

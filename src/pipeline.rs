@@ -34,6 +34,7 @@ use crate::denial::Denial;
 use crate::metrics::{method_label, Metrics};
 use crate::proxy::forward::{forward, ForwardError};
 use crate::proxy::headers::{remove_hop_by_hop, IdentityPlan};
+use crate::proxy::pool::PooledBody;
 use crate::proxy::upstream::Upstreams;
 use crate::route::{normalize_path, Route, RouteMatch, RouteTable};
 use crate::server::framing::FramingVerdict;
@@ -417,7 +418,7 @@ fn requested_upgrade(headers: &http::HeaderMap, version: http::Version) -> Optio
 /// Answers 101 to the client and joins the two upgraded connections.
 fn splice_upgrade(
     client: hyper::upgrade::OnUpgrade,
-    mut resp: Response<Incoming>,
+    mut resp: Response<PooledBody>,
     guard: crate::reload::UpgradeGuard,
 ) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut resp);

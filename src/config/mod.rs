@@ -205,6 +205,8 @@ pub struct UpstreamConfig {
     pub endpoints: Vec<http::Uri>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// How long a kept-alive upstream connection may sit unused.
+    pub idle_timeout: Duration,
     pub tls: Option<UpstreamTls>,
 }
 

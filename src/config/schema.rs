@@ -636,11 +636,18 @@ fn read_upstreams(src: &Source, root: &Table) -> BTreeMap<String, UpstreamConfig
             endpoints,
             connect_timeout: positive(src, &u, "connect_timeout", Duration::from_secs(2)),
             response_timeout: positive(src, &u, "response_timeout", Duration::from_secs(30)),
+            idle_timeout: positive(src, &u, "idle_timeout", Duration::from_secs(90)),
             tls,
         };
         u.finish(
             src,
-            &["endpoints", "connect_timeout", "response_timeout", "tls"],
+            &[
+                "endpoints",
+                "connect_timeout",
+                "response_timeout",
+                "idle_timeout",
+                "tls",
+            ],
         );
         out.insert(name.to_string(), cfg);
     }

@@ -2,9 +2,9 @@
 //! connection, bodies streamed both ways, bounded by `response_timeout`.
 
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use http::{header, HeaderValue, Request, Response, Uri, Version};
 
+use super::pool::{PooledBody, SendError};
 use super::upstream::{Upstream, UpstreamBody};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,28 +46,29 @@ pub async fn forward(
     up: &Upstream,
     mut req: Request<UpstreamBody>,
     path_and_query: PathAndQuery,
-) -> Result<Response<Incoming>, ForwardError> {
+) -> Result<Response<PooledBody>, ForwardError> {
     let idx = up.pick().ok_or(ForwardError::NoEndpoint)?;
     let ep = &up.endpoints[idx];
-    let uri = Uri::builder()
-        .scheme(ep.scheme.clone())
-        .authority(ep.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ForwardError::Connect)?;
-    *req.uri_mut() = uri;
+    // Origin form on the wire; the endpoint's authority stands in for a missing Host.
+    *req.uri_mut() = Uri::from(path_and_query);
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(ep.authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
     // Upstreams are spoken to in HTTP/1.1 whatever the client used.
     *req.version_mut() = Version::HTTP_11;
-    match tokio::time::timeout(up.response_timeout, up.client.request(req)).await {
+    let sent = ep.pool.send(&up.connector, &up.http1, &ep.uri, req);
+    match tokio::time::timeout(up.response_timeout, sent).await {
         Err(_) => Err(ForwardError::Timeout),
         Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) if e.is_connect() => {
+        Ok(Err(SendError::Connect(e))) => {
             up.eject(idx);
-            tracing::warn!(upstream = %up.name, "connect failed: {}", crate::auth::fetch::error_chain(&e));
+            tracing::warn!(upstream = %up.name, "connect failed: {}", crate::auth::fetch::error_chain(&*e));
             Err(ForwardError::Connect)
         }
-        Ok(Err(e)) if body_limit_hit(&e) => Err(ForwardError::BodyTooLarge),
-        Ok(Err(e)) => {
+        Ok(Err(SendError::Request(e))) if body_limit_hit(&e) => Err(ForwardError::BodyTooLarge),
+        Ok(Err(SendError::Request(e))) => {
             tracing::warn!(upstream = %up.name, "upstream failed: {}", crate::auth::fetch::error_chain(&e));
             Err(ForwardError::Reset)
         }

@@ -3,4 +3,5 @@
 pub mod assertion;
 pub mod forward;
 pub mod headers;
+pub mod pool;
 pub mod upstream;

@@ -12,8 +12,8 @@ use hyper::body::Incoming;
 pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Limited<Incoming>>;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::pool::Pool;
 
 use crate::config::{load_pem_certs, load_pem_key, UpstreamConfig};
 
@@ -23,6 +23,9 @@ const EJECT_FOR: Duration = Duration::from_secs(5);
 pub struct Endpoint {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `scheme://authority`, what the connector dials.
+    pub uri: http::Uri,
+    pub pool: Arc<Pool>,
     /// Milliseconds since the pool's epoch until which this endpoint is skipped.
     ejected_until: AtomicU64,
 }
@@ -32,7 +35,8 @@ pub struct Upstream {
     pub endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     epoch: Instant,
-    pub client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    pub connector: HttpsConnector<HttpConnector>,
+    pub http1: hyper::client::conn::http1::Builder,
     pub response_timeout: Duration,
 }
 
@@ -70,11 +74,6 @@ impl Upstream {
             None => https,
         };
         let connector = https.enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         let endpoints = cfg
             .endpoints
             .iter()
@@ -84,9 +83,18 @@ impl Upstream {
                     .authority()
                     .cloned()
                     .ok_or_else(|| format!("upstream endpoint {u} has no host"))?;
+                let scheme = u.scheme().cloned().unwrap_or(Scheme::HTTP);
+                let uri = http::Uri::builder()
+                    .scheme(scheme.clone())
+                    .authority(authority.clone())
+                    .path_and_query("/")
+                    .build()
+                    .map_err(|e| format!("upstream endpoint {u}: {e}"))?;
                 Ok(Endpoint {
-                    scheme: u.scheme().cloned().unwrap_or(Scheme::HTTP),
+                    scheme,
                     authority,
+                    uri,
+                    pool: Pool::new(cfg.idle_timeout),
                     ejected_until: AtomicU64::new(0),
                 })
             })
@@ -96,7 +104,8 @@ impl Upstream {
             endpoints,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
-            client,
+            connector,
+            http1: hyper::client::conn::http1::Builder::new(),
             response_timeout: cfg.response_timeout,
         })
     }

@@ -1,0 +1,281 @@
+//! Kept-alive upstream connections: reused while healthy, never reused once
+//! the upstream closed them or a response was abandoned mid-body, closed after
+//! `idle_timeout`. Driven through a real gateway against a raw loopback
+//! upstream that counts its connections.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use jsonwebtoken::Algorithm;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ROUTES: &str = r#"
+[[route]]
+id = "public"
+path_prefix = "/"
+upstream = "app"
+auth = "public"
+"#;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Answers every request and keeps the connection.
+    KeepAlive,
+    /// Answers, then closes shortly after without saying so in the response.
+    CloseAfterAnswer,
+}
+
+/// A loopback upstream that counts connections, requests and connections
+/// the gateway closed. `/big` answers 8 MiB slowly; anything else a short body.
+struct CountingUpstream {
+    addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    closed_by_gateway: Arc<AtomicUsize>,
+}
+
+impl CountingUpstream {
+    async fn start(mode: Mode) -> CountingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let closed_by_gateway = Arc::new(AtomicUsize::new(0));
+        let (a, r, c) = (accepts.clone(), requests.clone(), closed_by_gateway.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(s, mode, r.clone(), c.clone()));
+            }
+        });
+        CountingUpstream {
+            addr,
+            accepts,
+            requests,
+            closed_by_gateway,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    fn closed_by_gateway(&self) -> usize {
+        self.closed_by_gateway.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `within` for the gateway to have closed `n` connections.
+    async fn wait_closed(&self, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.closed_by_gateway() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+async fn serve(mut s: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, closed: Arc<AtomicUsize>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return,
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end);
+        requests.fetch_add(1, Ordering::SeqCst);
+        if head.starts_with("GET /big ") {
+            let size = 8 << 20;
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+            if s.write_all(head.as_bytes()).await.is_err() {
+                closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            let block = vec![b'x'; 16 * 1024];
+            for _ in 0..size / block.len() {
+                if s.write_all(&block).await.is_err() {
+                    closed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            continue;
+        }
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        if s.write_all(answer).await.is_err() {
+            closed.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        if mode == Mode::CloseAfterAnswer {
+            // Closed a moment later: after the gateway has pooled the connection.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return;
+        }
+    }
+}
+
+async fn start_gateway(
+    dir: &std::path::Path,
+    up: &CountingUpstream,
+    upstream_extra: &str,
+) -> (portcullis::RunningGateway, SocketAddr) {
+    let _key = {
+        let key = TestKey::new(Algorithm::ES256);
+        std::fs::write(dir.join("jwks.json"), jwks(&[&key])).unwrap();
+        key
+    };
+    let cfg = base_config("jwks_file = \"jwks.json\"", &up.url(), "\"ES256\"").replacen(
+        "response_timeout = \"2s\"\n",
+        &format!("response_timeout = \"2s\"\n{upstream_extra}\n"),
+        1,
+    ) + ROUTES;
+    assert!(cfg.contains(upstream_extra));
+    let gw = gateway(dir, &cfg).await;
+    wait_ready(&gw).await;
+    let addr = gw.listen_addrs()[0];
+    (gw, addr)
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CountingUpstream::start(Mode::KeepAlive).await;
+    let (gw, addr) = start_gateway(dir.path(), &up, "").await;
+    let client = Client::plain();
+    for i in 0..20 {
+        let r = client.get(&format!("http://{addr}/seq/{i}"), &[]).await;
+        assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"ok"[..]));
+    }
+    assert_eq!(up.requests.load(Ordering::SeqCst), 20);
+    assert_eq!(up.accepts(), 1, "the kept-alive connection was not reused");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closed_are_never_used_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CountingUpstream::start(Mode::CloseAfterAnswer).await;
+    let (gw, addr) = start_gateway(dir.path(), &up, "").await;
+    let client = Client::plain();
+    for i in 0..10 {
+        let r = client.get(&format!("http://{addr}/closing/{i}"), &[]).await;
+        assert_eq!(r.status, 200, "request {i} failed: {:?}", r.body);
+        // Time for the upstream's close to reach the gateway before the next request.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(up.accepts(), 10, "each request needed a fresh connection");
+    let errors = metric(
+        &gw,
+        "portcullis_upstream_errors_total",
+        &[("upstream", "app")],
+    )
+    .await;
+    // -1 is "no such series": no upstream error of any kind was counted.
+    assert!(errors <= 0.0, "upstream errors counted: {errors}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_abandoned_mid_body_closes_its_upstream_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CountingUpstream::start(Mode::KeepAlive).await;
+    let (gw, addr) = start_gateway(dir.path(), &up, "").await;
+
+    // Read the head and a little of the body, then hang up.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while got.len() < 64 * 1024 {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the body should start streaming")
+            .unwrap();
+        assert!(n > 0, "gateway closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    drop(s);
+
+    assert!(
+        up.wait_closed(1, Duration::from_secs(5)).await,
+        "the upstream connection of an abandoned response must be closed"
+    );
+    let r = Client::plain()
+        .get(&format!("http://{addr}/after"), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.accepts(),
+        2,
+        "the next request needs a new connection, not the half-read one"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CountingUpstream::start(Mode::KeepAlive).await;
+    let (gw, addr) = start_gateway(dir.path(), &up, "idle_timeout = \"300ms\"").await;
+    let client = Client::plain();
+    let r = client.get(&format!("http://{addr}/once"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.closed_by_gateway(), 0);
+    assert!(
+        up.wait_closed(1, Duration::from_secs(3)).await,
+        "an upstream connection idle past idle_timeout must be closed"
+    );
+    let r = client.get(&format!("http://{addr}/again"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.accepts(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_timeout_must_be_a_positive_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = base_config(
+        "jwks_file = \"jwks.json\"",
+        "http://127.0.0.1:9",
+        "\"ES256\"",
+    )
+    .replacen(
+        "response_timeout = \"2s\"\n",
+        "response_timeout = \"2s\"\nidle_timeout = \"0s\"\n",
+        1,
+    ) + ROUTES;
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let err = portcullis::config::Config::load(&path)
+        .map(|_| ())
+        .expect_err("idle_timeout = 0s must be refused")
+        .to_string();
+    assert!(err.contains("idle_timeout"), "{err}");
+    assert!(err.contains("portcullis.toml:"), "{err}");
+}
