@@ -67,6 +67,33 @@ pub struct ConnInfo {
     pub client_cert_sha256: Option<String>,
     /// Whether the raw HTTP/1 bytes showed ambiguous framing (see `server::framing`).
     pub framing: Arc<FramingVerdict>,
+    /// The peer as the access log prints it, written once per connection.
+    remote_text: String,
+    /// The peer's address as `X-Forwarded-For` carries it, written once per connection.
+    forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(
+        remote: SocketAddr,
+        tls: bool,
+        listener: String,
+        client_cert_sha256: Option<String>,
+        framing: Arc<FramingVerdict>,
+    ) -> ConnInfo {
+        let ip = crate::config::canonical(remote.ip()).to_string();
+        ConnInfo {
+            remote,
+            tls,
+            listener,
+            client_cert_sha256,
+            framing,
+            remote_text: remote.to_string(),
+            // An address prints as digits, dots and colons: always a valid value.
+            forwarded_for: HeaderValue::from_str(&ip)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
 }
 
 /// What a request's phases learned, for the later phases and the log line.
@@ -230,7 +257,7 @@ pub async fn handle(
         level: "INFO",
         msg: "access",
         request_id: ctx.request_id.to_str().unwrap_or("-"),
-        remote: conn.remote,
+        remote: &conn.remote_text,
         method: ctx.method.as_str(),
         host: &ctx.host,
         path: &ctx.path_for_log,
@@ -662,12 +689,14 @@ fn rewrite(
             presented.and_then(|p| p.token.split('.').nth(1)),
         );
     }
-    let ip = crate::config::canonical(conn.remote.ip()).to_string();
     let xff = match prior_xff {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
+        Some(prior) => {
+            let ip = conn.forwarded_for.to_str().unwrap_or("unknown");
+            HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+        }
+        None => Some(conn.forwarded_for.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(

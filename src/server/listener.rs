@@ -177,13 +177,13 @@ async fn connection(
                 return;
             };
             let stream = IdleIo::new(stream, server_cfg.idle_timeout);
-            let info = Arc::new(ConnInfo {
+            let info = Arc::new(ConnInfo::new(
                 remote,
-                tls: false,
-                listener: ctx.name.clone(),
-                client_cert_sha256: None,
+                false,
+                ctx.name.clone(),
+                None,
                 framing,
-            });
+            ));
             match first {
                 FirstBytes::Nothing => {}
                 FirstBytes::Http1 => {
@@ -227,13 +227,13 @@ async fn connection(
                 .and_then(|c| c.first())
                 .map(|c| URL_SAFE_NO_PAD.encode(Sha256::digest(c.as_ref())));
             let h2 = session.alpn_protocol() == Some(b"h2");
-            let info = Arc::new(ConnInfo {
+            let info = Arc::new(ConnInfo::new(
                 remote,
-                tls: true,
-                listener: ctx.name.clone(),
+                true,
+                ctx.name.clone(),
                 client_cert_sha256,
                 framing,
-            });
+            ));
             if h2 {
                 let io = Watched::new(stream, watch);
                 serve_auto(io, info, &ctx, server_cfg, watcher).await;
