@@ -1,6 +1,7 @@
 //! Authentication: where the token comes from, the keys it is checked against,
 //! the checks themselves, and what each route requires of the result.
 
+pub mod digest_key;
 pub mod dpop;
 pub mod fetch;
 pub mod jwks;

@@ -15,6 +15,7 @@ use moka::sync::Cache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::digest_key::DigestKey;
 use super::keys::IssuerKeys;
 use crate::denial::Denial;
 use crate::metrics::Metrics;
@@ -60,7 +61,7 @@ impl Failure {
 
 pub struct Verifier {
     pub issuers: Vec<Arc<IssuerKeys>>,
-    cache: Option<Cache<[u8; 32], Arc<Verified>>>,
+    cache: Option<Cache<[u8; 32], Arc<Verified>, DigestKey>>,
     metrics: Arc<Metrics>,
 }
 
@@ -121,7 +122,7 @@ impl Verifier {
             Cache::builder()
                 .max_capacity(cache_entries)
                 .expire_after(UntilExp)
-                .build()
+                .build_with_hasher(DigestKey)
         });
         Verifier {
             issuers,

@@ -17,6 +17,7 @@ use moka::sync::Cache;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::auth::digest_key::DigestKey;
 use crate::auth::policy::claim;
 use crate::auth::verify::{now_unix, Verified};
 use crate::cli::jwk::{default_alg, public_jwk};
@@ -36,7 +37,8 @@ pub struct Assertions {
     active: ArcSwap<ActiveKey>,
     /// Public keys that signed assertions still alive: (JWK, unix time until).
     retired: Mutex<Vec<(Value, u64)>>,
-    cache: Cache<[u8; 32], (HeaderValue, u64)>,
+    /// Keyed by a digest of a verified token (and the upstream).
+    cache: Cache<[u8; 32], (HeaderValue, u64), DigestKey>,
 }
 
 /// Reads an ES256 or EdDSA PKCS#8 key; its public JWK's kid is its RFC 7638 thumbprint.
@@ -90,7 +92,7 @@ impl Assertions {
             cache: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(cfg.ttl / 2)
-                .build(),
+                .build_with_hasher(DigestKey),
         })
     }
 
