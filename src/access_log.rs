@@ -55,9 +55,12 @@ impl AccessLog {
         let writer = buf.clone();
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || loop {
-                std::thread::sleep(FLUSH_EVERY);
-                flush_to_stdout(&writer);
+            .spawn(move || {
+                let mut spare = Vec::with_capacity(64 * 1024);
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    flush_to_stdout(&writer, &mut spare);
+                }
             });
         AccessLog {
             buf,
@@ -81,18 +84,22 @@ impl AccessLog {
 
     /// Writes out what is pending (at shutdown).
     pub fn flush(&self) {
-        flush_to_stdout(&self.buf);
+        flush_to_stdout(&self.buf, &mut Vec::new());
     }
 }
 
-fn flush_to_stdout(buf: &Mutex<Vec<u8>>) {
-    let pending = match buf.lock() {
-        Ok(mut b) if !b.is_empty() => std::mem::replace(&mut *b, Vec::with_capacity(64 * 1024)),
+/// Swaps the shared buffer with `spare` (empty, with the capacity it had
+/// last time) and writes it out: at a steady rate the buffers stop growing
+/// and no line is ever copied by a reallocation.
+fn flush_to_stdout(buf: &Mutex<Vec<u8>>, spare: &mut Vec<u8>) {
+    match buf.lock() {
+        Ok(mut b) if !b.is_empty() => std::mem::swap(&mut *b, spare),
         _ => return,
-    };
+    }
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(&pending);
+    let _ = out.write_all(spare);
     let _ = out.flush();
+    spare.clear();
 }
 
 impl AccessLine<'_> {
