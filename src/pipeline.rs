@@ -276,14 +276,22 @@ pub async fn handle(
 
 /// Runs a request's phases so that a panic in them costs that request a 500
 /// and a count in `panics_total`, never the connection's neighbours or the process.
-async fn guarded<T>(phases: impl std::future::Future<Output = T>, metrics: &Metrics) -> Option<T> {
-    match std::panic::AssertUnwindSafe(phases).catch_unwind().await {
-        Ok(v) => Some(v),
-        Err(_) => {
-            metrics.panics_total.inc();
-            None
-        }
-    }
+/// A plain function returning a combinator, not an `async fn`: as an
+/// `async fn` the phases' future was held twice (argument and local), and
+/// every in-flight request paid for both.
+fn guarded<'a, T: 'a>(
+    phases: impl std::future::Future<Output = T> + 'a,
+    metrics: &'a Metrics,
+) -> impl std::future::Future<Output = Option<T>> + 'a {
+    std::panic::AssertUnwindSafe(phases)
+        .catch_unwind()
+        .map(move |r| match r {
+            Ok(v) => Some(v),
+            Err(_) => {
+                metrics.panics_total.inc();
+                None
+            }
+        })
 }
 
 fn path_for_log(req: &Request<Incoming>, strip_token: bool) -> String {

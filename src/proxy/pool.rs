@@ -129,7 +129,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(connector, builder, endpoint).await?;
+        // Boxed: the connect path is rare, and inline it would make every
+        // in-flight request's future a kilobyte larger.
+        let mut sender = Box::pin(self.connect(connector, builder, endpoint)).await?;
         match sender.send_request(req).await {
             Ok(resp) => Ok(self.wrap(resp, sender)),
             Err(e) => Err(SendError::Request(e)),
