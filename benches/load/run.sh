@@ -111,7 +111,9 @@ stop_pid() {
     # shellcheck disable=SC2086
     kill -TERM $all 2>/dev/null || true
     for i in $(seq 1 50); do
-        [[ -d /proc/$p ]] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null || break
+        if [[ ! -d /proc/$p ]] || grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then
+            break
+        fi
         sleep 0.1
     done
     all="$(tree_pids "$p")"
@@ -258,7 +260,6 @@ pool() {  # pool ALG KID -> path of a pool of >= POOL_SIZE distinct valid tokens
 }
 RS_POOL="$(pool RS256 "$RS_KID")"
 ES_POOL="$(pool ES256 "$ES_KID")"
-POOL_FIRST_SUB="u0"
 
 # TLS certificate for the HTTP/2 runs (self-signed, P-256, like `portcullis demo`)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -449,7 +450,8 @@ sanity() {
 
 # wrk_run ID PID PORT fixed TOKEN | wrk_run ID PID PORT pool FILE
 wrk_run() {
-    local id=$1 pid=$2 port=$3 mode=$4 arg=$5 out="$RUN/out/$id.wrk" c0 c1 x0 n rps non2xx sockerr
+    local id=$1 pid=$2 port=$3 mode=$4 arg=$5
+    local out="$RUN/out/$id.wrk" c0 c1 x0 n rps non2xx sockerr
     local cmd=(taskset -c "$LOAD_CPU" timeout $((DURATION + 60)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency)
     if [[ "$mode" == fixed ]]; then
         cmd+=(-H "Authorization: Bearer $arg")
@@ -484,7 +486,8 @@ wrk_run() {
 
 # h2_run ID PID PORT TOKEN
 h2_run() {
-    local id=$1 pid=$2 port=$3 tok=$4 out="$RUN/out/$id.h2load" lat="$RUN/out/$id.h2log" c0 c1 x0 n rps bad
+    local id=$1 pid=$2 port=$3 tok=$4
+    local out="$RUN/out/$id.h2load" lat="$RUN/out/$id.h2log" c0 c1 x0 n rps bad
     x0="$(ctx_switches "$pid")"
     c0="$(cpu_ticks "$pid")"
     if ! taskset -c "$LOAD_CPU" timeout $((DURATION + 60)) h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$DURATION" \
@@ -693,7 +696,6 @@ log "RSA-2048 verify: ${VERIFY_S:-?}/s = ${VERIFY_US:-?} us"
 
 # the shared upstream, pinned with the load generator
 start_on "$LOAD_CPU" upstream nginx -e "$RUN/logs/upstream.error.log" -c "$(nginx_conf upstream "$UP_PORT" echo)"
-UP_PID=$LAST_PID
 wait_up "http://127.0.0.1:$UP_PORT/" 200 || die "the upstream nginx did not start: $(cat "$RUN/logs/upstream.log")"
 
 add_target direct "direct to the upstream (nginx return 200)"
