@@ -3,7 +3,7 @@
 //! never part of the line: it is built from named fields only.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,35 +35,50 @@ pub struct AccessLine<'a> {
     pub auth: &'a AuthFields,
 }
 
-/// Lines are appended to a shared buffer that a background thread writes out
-/// every `FLUSH_EVERY`: no system call and no thread wake-up per request.
+/// Lines are appended to buffers that a background thread writes out every
+/// `FLUSH_EVERY`: no system call and no thread wake-up per request. Each
+/// worker thread appends to a shard of its own, so workers never wait on
+/// each other; the writer takes each shard's lock for the time of a swap.
 #[derive(Clone)]
 pub struct AccessLog {
-    buf: Arc<Mutex<Vec<u8>>>,
+    shards: Arc<[Mutex<Vec<u8>>; SHARDS]>,
     dropped: Arc<AtomicU64>,
     enabled: bool,
 }
 
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
-/// Past this much unwritten log (a stalled stdout), lines are dropped and counted.
+/// Past this much unwritten log in one shard (a stalled stdout), lines are dropped and counted.
 const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// More shards than worker threads are expected: threads past this share.
+const SHARDS: usize = 16;
+
+thread_local! {
+    /// This thread's shard, handed out in turn as threads first log.
+    static SHARD: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS
+    };
+}
 
 impl AccessLog {
     /// A log that writes to stdout.
     pub fn stdout() -> AccessLog {
-        let buf: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
-        let writer = buf.clone();
+        let shards: Arc<[Mutex<Vec<u8>>; SHARDS]> =
+            Arc::new(std::array::from_fn(|_| Mutex::new(Vec::new())));
+        let writer = shards.clone();
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                let mut spare = Vec::with_capacity(64 * 1024);
+                let mut spare = Vec::new();
                 loop {
                     std::thread::sleep(FLUSH_EVERY);
-                    flush_to_stdout(&writer, &mut spare);
+                    for shard in writer.iter() {
+                        flush_to_stdout(shard, &mut spare);
+                    }
                 }
             });
         AccessLog {
-            buf,
+            shards,
             dropped: Arc::default(),
             enabled: spawned.is_ok(),
         }
@@ -73,7 +88,10 @@ impl AccessLog {
         if !self.enabled {
             return;
         }
-        let Ok(mut buf) = self.buf.lock() else { return };
+        let shard = SHARD.with(|s| *s);
+        let Ok(mut buf) = self.shards[shard].lock() else {
+            return;
+        };
         if buf.len() > MAX_PENDING {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -84,11 +102,13 @@ impl AccessLog {
 
     /// Writes out what is pending (at shutdown).
     pub fn flush(&self) {
-        flush_to_stdout(&self.buf, &mut Vec::new());
+        for shard in self.shards.iter() {
+            flush_to_stdout(shard, &mut Vec::new());
+        }
     }
 }
 
-/// Swaps the shared buffer with `spare` (empty, with the capacity it had
+/// Swaps a shard's buffer with `spare` (empty, with the capacity it had
 /// last time) and writes it out: at a steady rate the buffers stop growing
 /// and no line is ever copied by a reallocation.
 fn flush_to_stdout(buf: &Mutex<Vec<u8>>, spare: &mut Vec<u8>) {
