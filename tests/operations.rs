@@ -1530,9 +1530,9 @@ async fn http2_rapid_reset_does_not_stop_the_gateway_serving_others() {
 
 // ---------------------------------------------------------------- 5. upstream faults
 
-/// A recording HTTP upstream on a given address (to bring a refused port back).
-async fn upstream_on(addr: SocketAddr, hits: Arc<AtomicUsize>) -> tokio::task::JoinHandle<()> {
-    let listener = TcpListener::bind(addr).await.unwrap();
+/// A recording HTTP upstream on a port that refused until now.
+async fn upstream_on(port: ClosedPort, hits: Arc<AtomicUsize>) -> tokio::task::JoinHandle<()> {
+    let listener = port.open();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {

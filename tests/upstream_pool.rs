@@ -107,6 +107,27 @@ async fn serve(mut s: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, closed:
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         buf.drain(..head_end);
         requests.fetch_add(1, Ordering::SeqCst);
+        if head.starts_with("POST /early ") {
+            // Answers at once without reading the body, then keeps reading
+            // (and discarding) whatever the body turns out to be.
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+                .await
+                .is_err()
+            {
+                closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            loop {
+                match tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        closed.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    Ok(Ok(_)) => {}
+                    Err(_) => return,
+                }
+            }
+        }
         if head.starts_with("GET /big ") {
             let size = 8 << 20;
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
@@ -278,4 +299,42 @@ async fn idle_timeout_must_be_a_positive_duration() {
         .to_string();
     assert!(err.contains("idle_timeout"), "{err}");
     assert!(err.contains("portcullis.toml:"), "{err}");
+}
+
+#[tokio::test]
+async fn a_connection_still_sending_a_slow_body_is_not_handed_to_the_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CountingUpstream::start(Mode::KeepAlive).await;
+    let (gw, addr) = start_gateway(dir.path(), &up, "").await;
+
+    // A client declares a large body, sends a little of it, and stalls; the
+    // upstream has already answered.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /early HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 1000000\r\n\r\nsome")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"early") {
+        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut chunk))
+            .await
+            .expect("the early answer should arrive")
+            .unwrap();
+        assert!(n > 0, "gateway closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+
+    // Another client must not wait behind that body (response_timeout is 2 s).
+    let started = Instant::now();
+    let r = Client::plain()
+        .get(&format!("http://{addr}/next"), &[])
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the next request waited {:?} for another client's body",
+        started.elapsed()
+    );
+    drop(slow);
+    gw.shutdown().await;
 }

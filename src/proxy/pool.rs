@@ -61,11 +61,26 @@ impl Pool {
         })
     }
 
-    /// An idle connection that is still open, if there is one.
-    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
-        while let Some(c) = self.idle.pop() {
-            if !c.sender.is_closed() {
-                return Some(c.sender);
+    /// An idle connection ready for a request, if there is one. A connection
+    /// whose response has ended but whose request body is still on its way
+    /// (an upstream that answered early, a client sending slowly) is not
+    /// ready: it goes back to the queue rather than make this request wait
+    /// on another client's body.
+    async fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+        for _ in 0..self.idle.len() {
+            let mut c = self.idle.pop()?;
+            if c.sender.is_closed() {
+                continue;
+            }
+            // One poll, never a wait; the waker it leaves costs at most a spurious wake-up.
+            let ready = std::future::poll_fn(|cx| Poll::Ready(c.sender.poll_ready(cx))).await;
+            match ready {
+                Poll::Ready(Ok(())) => return Some(c.sender),
+                Poll::Ready(Err(_)) => continue,
+                Poll::Pending => {
+                    // A full queue drops it, which closes the connection once its exchange ends.
+                    let _ = self.idle.push(c);
+                }
             }
         }
         None
@@ -117,10 +132,7 @@ impl Pool {
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let mut req = req;
-        while let Some(mut sender) = self.checkout() {
-            if sender.ready().await.is_err() {
-                continue;
-            }
+        while let Some(mut sender) = self.checkout().await {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(resp, sender)),
                 Err(mut e) => match e.take_message() {

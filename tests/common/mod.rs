@@ -322,12 +322,33 @@ impl Upstream {
     }
 }
 
-/// A closed port on loopback: connecting to it is refused.
-pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a
+/// A closed port on loopback: connecting to it is refused. The socket stays
+/// bound (never listening) while the value lives, so no other test's
+/// listener (tests run in parallel) can take the port in between, which once
+/// turned an expected 502 into a 504.
+pub struct ClosedPort {
+    pub addr: SocketAddr,
+    socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    /// Starts listening on the very port: the endpoint comes back.
+    pub fn open(self) -> TcpListener {
+        self.socket.listen(1024).unwrap()
+    }
+}
+
+impl std::fmt::Display for ClosedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+pub async fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    ClosedPort { addr, socket }
 }
 
 // ---------------------------------------------------------------- certificates
