@@ -158,6 +158,21 @@ async fn serve(mut s: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, closed:
     }
 }
 
+/// Reads from the gateway until `done` says so (5 s at most per read).
+async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while !done(&got) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the gateway stopped sending")
+            .unwrap();
+        assert!(n > 0, "gateway closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    got
+}
+
 async fn start_gateway(
     dir: &std::path::Path,
     up: &CountingUpstream,
@@ -230,16 +245,7 @@ async fn a_response_abandoned_mid_body_closes_its_upstream_connection() {
     s.write_all(b"GET /big HTTP/1.1\r\nHost: gw.test\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 8192];
-    while got.len() < 64 * 1024 {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("the body should start streaming")
-            .unwrap();
-        assert!(n > 0, "gateway closed early");
-        got.extend_from_slice(&chunk[..n]);
-    }
+    let got = read_until(&mut s, |got| got.len() >= 64 * 1024).await;
     assert!(got.starts_with(b"HTTP/1.1 200"));
     drop(s);
 
@@ -313,16 +319,7 @@ async fn a_connection_still_sending_a_slow_body_is_not_handed_to_the_next_reques
     slow.write_all(b"POST /early HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 1000000\r\n\r\nsome")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !got.ends_with(b"early") {
-        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut chunk))
-            .await
-            .expect("the early answer should arrive")
-            .unwrap();
-        assert!(n > 0, "gateway closed early");
-        got.extend_from_slice(&chunk[..n]);
-    }
+    read_until(&mut slow, |got| got.ends_with(b"early")).await;
 
     // Another client must not wait behind that body (response_timeout is 2 s).
     let started = Instant::now();
