@@ -130,24 +130,20 @@ impl AccessLine<'_> {
         out.extend_from_slice(b"{\"ts\":\"");
         write_rfc3339_now(out);
         out.push(b'"');
-        out.extend_from_slice(b",\"level\":");
-        json_str(out, self.level);
-        out.extend_from_slice(b",\"msg\":");
-        json_str(out, self.msg);
-        out.extend_from_slice(b",\"request_id\":");
-        json_str(out, self.request_id);
-        out.extend_from_slice(b",\"remote\":");
-        json_str(out, self.remote);
-        out.extend_from_slice(b",\"method\":");
-        json_str(out, self.method);
-        out.extend_from_slice(b",\"host\":");
-        json_str(out, self.host);
-        out.extend_from_slice(b",\"path\":");
-        json_str(out, self.path);
-        out.extend_from_slice(b",\"route\":");
-        json_opt_str(out, self.route);
-        out.extend_from_slice(b",\"upstream\":");
-        json_opt_str(out, self.upstream);
+        for (key, value) in [
+            (&b",\"level\":"[..], Some(self.level)),
+            (b",\"msg\":", Some(self.msg)),
+            (b",\"request_id\":", Some(self.request_id)),
+            (b",\"remote\":", Some(self.remote)),
+            (b",\"method\":", Some(self.method)),
+            (b",\"host\":", Some(self.host)),
+            (b",\"path\":", Some(self.path)),
+            (b",\"route\":", self.route),
+            (b",\"upstream\":", self.upstream),
+        ] {
+            out.extend_from_slice(key);
+            json_opt_str(out, value);
+        }
         out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
         out.extend_from_slice(b",\"duration_ms\":");

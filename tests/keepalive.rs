@@ -56,6 +56,29 @@ async fn start(dir: &Path, up: &Upstream, server_extra: &str) -> portcullis::Run
     gateway(dir, &config(&up.url(), server_extra)).await
 }
 
+/// `start` with a TLS listener; the certificates are written to `dir`.
+async fn start_tls(dir: &Path, up: &Upstream) -> (portcullis::RunningGateway, Certs) {
+    let certs = Certs::new(dir);
+    let gw = start(
+        dir,
+        up,
+        "tls = { cert = \"server.crt\", key = \"server.key\" }",
+    )
+    .await;
+    (gw, certs)
+}
+
+/// A TLS client configuration that trusts only the test CA.
+fn client_config(ca_pem: &str) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 /// One HTTP/1.1 response read off the stream: status and body.
 async fn response<S: AsyncRead + Unpin>(s: &mut S) -> (u16, Vec<u8>) {
     let mut head = Vec::new();
@@ -128,21 +151,9 @@ async fn a_plain_keep_alive_connection_serves_again_after_idling() {
 #[tokio::test]
 async fn a_tls_keep_alive_connection_serves_again_after_idling() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = Certs::new(dir.path());
     let up = Upstream::start().await;
-    let gw = start(
-        dir.path(),
-        &up,
-        "tls = { cert = \"server.crt\", key = \"server.key\" }",
-    )
-    .await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(certs.ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let (gw, certs) = start_tls(dir.path(), &up).await;
+    let mut cfg = client_config(&certs.ca_pem);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = TcpStream::connect(gw.listen_addrs()[0]).await.unwrap();
     let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
@@ -262,27 +273,15 @@ async fn a_client_hanging_up_mid_request_cancels_the_upstream_call() {
 #[tokio::test]
 async fn a_tls_request_sent_with_the_handshakes_last_flight_is_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = Certs::new(dir.path());
     let up = Upstream::start().await;
-    let gw = start(
-        dir.path(),
-        &up,
-        "tls = { cert = \"server.crt\", key = \"server.key\" }",
-    )
-    .await;
+    let (gw, certs) = start_tls(dir.path(), &up).await;
     let addr = gw.listen_addrs()[0];
     let ca = certs.ca_pem.clone();
     // Blocking rustls, so that the client's Finished and its request leave
     // in one write: the gateway's handshake reads both off the socket.
     let reply = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
-            .unwrap();
-        let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let cfg = client_config(&ca);
         let mut tls = rustls::ClientConnection::new(
             Arc::new(cfg),
             ServerName::try_from("localhost").unwrap(),

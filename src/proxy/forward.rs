@@ -2,7 +2,7 @@
 //! connection, bodies streamed both ways, bounded by `response_timeout`.
 
 use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http::{header, Request, Response, Uri, Version};
 
 use super::pool::{PooledBody, SendError};
 use super::upstream::{Upstream, UpstreamBody};
@@ -52,9 +52,7 @@ pub async fn forward(
     // Origin form on the wire; the endpoint's authority stands in for a missing Host.
     *req.uri_mut() = Uri::from(path_and_query);
     if !req.headers().contains_key(header::HOST) {
-        if let Ok(host) = HeaderValue::from_str(ep.authority.as_str()) {
-            req.headers_mut().insert(header::HOST, host);
-        }
+        req.headers_mut().insert(header::HOST, ep.host.clone());
     }
     // Upstreams are spoken to in HTTP/1.1 whatever the client used.
     *req.version_mut() = Version::HTTP_11;

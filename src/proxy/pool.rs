@@ -122,16 +122,16 @@ impl Pool {
     }
 
     /// Sends `req` over an idle connection, or a new one. A request that an
-    /// idle connection closed before it was written goes out once more on a
-    /// fresh connection; anything already written is never sent twice.
+    /// idle connection closed before it was written goes out on the next
+    /// idle connection, or a new one; anything already written is never
+    /// sent twice.
     pub async fn send(
         self: &Arc<Self>,
         connector: &HttpsConnector<HttpConnector>,
         builder: &http1::Builder,
         endpoint: &http::Uri,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        let mut req = req;
         while let Some(mut sender) = self.checkout().await {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(resp, sender)),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
+use http::HeaderValue;
 use hyper::body::Incoming;
 
 /// The request body as forwarded: as received, or bounded by the route's `max_body_bytes`.
@@ -21,8 +22,9 @@ use crate::config::{load_pem_certs, load_pem_key, UpstreamConfig};
 const EJECT_FOR: Duration = Duration::from_secs(5);
 
 pub struct Endpoint {
-    pub scheme: Scheme,
     pub authority: Authority,
+    /// The authority as a `Host` value, for requests that arrived without one.
+    pub host: HeaderValue,
     /// `scheme://authority`, what the connector dials.
     pub uri: http::Uri,
     pub pool: Arc<Pool>,
@@ -85,14 +87,16 @@ impl Upstream {
                     .ok_or_else(|| format!("upstream endpoint {u} has no host"))?;
                 let scheme = u.scheme().cloned().unwrap_or(Scheme::HTTP);
                 let uri = http::Uri::builder()
-                    .scheme(scheme.clone())
+                    .scheme(scheme)
                     .authority(authority.clone())
                     .path_and_query("/")
                     .build()
                     .map_err(|e| format!("upstream endpoint {u}: {e}"))?;
+                let host = HeaderValue::from_str(authority.as_str())
+                    .map_err(|e| format!("upstream endpoint {u}: {e}"))?;
                 Ok(Endpoint {
-                    scheme,
                     authority,
+                    host,
                     uri,
                     pool: Pool::new(cfg.idle_timeout),
                     ejected_until: AtomicU64::new(0),
