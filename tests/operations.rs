@@ -1826,7 +1826,7 @@ headers = {{ "X-User-Id" = "sub" }}
     let (addr, admin) = (gw.addr, gw.admin);
     let fetches_at_start = idp.fetches();
 
-    // 64 valid tokens (cache hits after the first), and per request a token
+    // 64 valid tokens (cache hits after the second), and per request a token
     // with a bad signature or a made-up kid (never cached, always checked).
     let valid: Arc<Vec<String>> = Arc::new(
         (0..64)

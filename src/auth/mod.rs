@@ -2,6 +2,7 @@
 //! the checks themselves, and what each route requires of the result.
 
 pub mod digest_key;
+pub mod doorkeeper;
 pub mod dpop;
 pub mod fetch;
 pub mod jwks;

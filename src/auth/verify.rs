@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::digest_key::DigestKey;
+use super::doorkeeper::Doorkeeper;
 use super::keys::IssuerKeys;
 use crate::denial::Denial;
 use crate::metrics::Metrics;
@@ -62,6 +63,7 @@ impl Failure {
 pub struct Verifier {
     pub issuers: Vec<Arc<IssuerKeys>>,
     cache: Option<Cache<[u8; 32], Arc<Verified>, DigestKey>>,
+    doorkeeper: Option<Doorkeeper>,
     metrics: Arc<Metrics>,
 }
 
@@ -126,6 +128,7 @@ impl Verifier {
         });
         Verifier {
             issuers,
+            doorkeeper: cache.as_ref().map(|_| Doorkeeper::for_cache(cache_entries)),
             cache,
             metrics,
         }
@@ -154,8 +157,10 @@ impl Verifier {
             self.metrics.token_cache_misses_total.inc();
         }
         let verified = Arc::new(self.verify_uncached(token).await?);
-        if let (Some(cache), Some(key)) = (&self.cache, key) {
-            cache.insert(key, verified.clone());
+        if let (Some(cache), Some(door), Some(key)) = (&self.cache, &self.doorkeeper, key) {
+            if door.seen_before(&key) {
+                cache.insert(key, verified.clone());
+            }
         }
         Ok((verified, false))
     }
