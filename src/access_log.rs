@@ -7,13 +7,58 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jsonwebtoken::Algorithm;
+
+use crate::auth::verify::Verified;
+
+/// What the line says about the token. A verified token is logged from the
+/// verification itself (shared with the cache), not from copies; the other
+/// fields describe a token that was refused before it verified.
 #[derive(Debug, Default)]
 pub struct AuthFields {
     pub result: &'static str,
+    pub verified: Option<Arc<Verified>>,
     pub iss: Option<String>,
-    pub sub: Option<String>,
     pub kid: Option<String>,
     pub alg: Option<String>,
+}
+
+impl AuthFields {
+    fn fields(&self) -> [(&'static str, Option<&str>); 4] {
+        match &self.verified {
+            Some(v) => [
+                ("iss", v.claim_str("iss")),
+                ("sub", v.claim_str("sub")),
+                ("kid", v.kid.as_deref()),
+                ("alg", Some(alg_name(v.alg))),
+            ],
+            None => [
+                ("iss", self.iss.as_deref()),
+                ("sub", None),
+                ("kid", self.kid.as_deref()),
+                ("alg", self.alg.as_deref()),
+            ],
+        }
+    }
+}
+
+fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+        // The enum is non-exhaustive; the verifier accepts none beyond these.
+        _ => "other",
+    }
 }
 
 #[derive(Debug)]
@@ -155,12 +200,7 @@ impl AccessLine<'_> {
         }
         out.extend_from_slice(b",\"auth\":{\"result\":");
         json_str(out, self.auth.result);
-        for (name, value) in [
-            ("iss", &self.auth.iss),
-            ("sub", &self.auth.sub),
-            ("kid", &self.auth.kid),
-            ("alg", &self.auth.alg),
-        ] {
+        for (name, value) in self.auth.fields() {
             if let Some(v) = value {
                 out.extend_from_slice(b",\"");
                 out.extend_from_slice(name.as_bytes());
@@ -298,9 +338,21 @@ mod tests {
 
     #[test]
     fn a_line_is_one_json_object_with_every_field_escaped() {
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), "al\tice".into());
         let auth = AuthFields {
             result: "allowed",
-            sub: Some("al\tice".into()),
+            verified: Some(Arc::new(Verified {
+                issuer: 0,
+                claims,
+                kid: Some("k\"1".into()),
+                alg: Algorithm::ES256,
+                key_fingerprint: 0,
+                exp: 0,
+                iat: None,
+            })),
+            // Fields of a refused token are not used once one verified.
+            iss: Some("https://other.example/".into()),
             ..Default::default()
         };
         let line = AccessLine {
@@ -334,7 +386,7 @@ mod tests {
         assert_eq!(v["upstream_ms"].as_f64(), Some(0.5));
         assert_eq!(
             v["auth"],
-            serde_json::json!({"result": "allowed", "sub": "al\tice"})
+            serde_json::json!({"result": "allowed", "sub": "al\tice", "kid": "k\"1", "alg": "ES256"})
         );
         assert_eq!(v.as_object().unwrap().len(), 14);
         assert!(!out.contains(&b'\n'), "one line");

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod reload;
 pub mod revocation;
 pub mod route;
+pub mod series;
 pub mod server;
 
 mod gateway;

@@ -31,12 +31,13 @@ use crate::body::{self, Body};
 use crate::config::{AuthMode, Config};
 use crate::cors;
 use crate::denial::Denial;
-use crate::metrics::{method_label, Metrics};
+use crate::metrics::Metrics;
 use crate::proxy::forward::{forward, ForwardError};
 use crate::proxy::headers::{remove_hop_by_hop, IdentityPlan};
 use crate::proxy::pool::PooledBody;
 use crate::proxy::upstream::Upstreams;
 use crate::route::{normalize_path, Route, RouteMatch, RouteTable};
+use crate::series::RouteSeries;
 use crate::server::framing::FramingVerdict;
 
 /// The hot state requests read: built from one configuration, swapped whole on reload.
@@ -47,6 +48,11 @@ pub struct Runtime {
     pub upstreams: Upstreams,
     pub identity: IdentityPlan,
     pub metrics: Arc<Metrics>,
+    /// By route index, then for requests that matched no route.
+    pub route_series: Vec<RouteSeries>,
+    pub no_route_series: RouteSeries,
+    /// `auth_decisions_total{result="allowed"}` by issuer index.
+    pub allowed: Vec<prometheus::IntCounter>,
     pub access_log: AccessLog,
     pub revocations: Arc<crate::revocation::Revocations>,
     pub dpop_replay: Arc<dpop::ReplayCache>,
@@ -104,7 +110,8 @@ struct Ctx {
     path_for_log: String,
     route: Option<Arc<Route>>,
     auth: AuthFields,
-    issuer_label: String,
+    /// The issuer the token named, when it named a configured one.
+    issuer: Option<usize>,
     upstream_ms: Option<f64>,
     /// The request's `Origin`, for CORS headers on the response.
     origin: Option<HeaderValue>,
@@ -211,7 +218,7 @@ pub async fn handle(
             result: "none",
             ..Default::default()
         },
-        issuer_label: "unknown".into(),
+        issuer: None,
         upstream_ms: None,
         origin: None,
     };
@@ -223,7 +230,7 @@ pub async fn handle(
                 ctx.auth.result = result;
                 rt.metrics
                     .auth_decisions_total
-                    .with_label_values(&[ctx.issuer_label.as_str(), result])
+                    .with_label_values(&[rt.verifier.issuer_id(ctx.issuer), result])
                     .inc();
             }
             denial.into_response(ctx.request_id.to_str().unwrap_or("-"))
@@ -243,16 +250,14 @@ pub async fn handle(
         cors::decorate(c, ctx.origin.as_ref(), resp.headers_mut());
     }
     let elapsed = started.elapsed();
-    let route_label = ctx.route.as_ref().map_or("none", |r| r.id.as_str());
     let status = resp.status();
-    rt.metrics
-        .requests_total
-        .with_label_values(&[route_label, method_label(&ctx.method), status.as_str()])
-        .inc();
-    rt.metrics
-        .request_duration_seconds
-        .with_label_values(&[route_label])
-        .observe(elapsed.as_secs_f64());
+    let series = ctx
+        .route
+        .as_ref()
+        .and_then(|r| rt.route_series.get(r.index))
+        .unwrap_or(&rt.no_route_series);
+    series.count(&rt.metrics, &ctx.method, status);
+    series.duration.observe(elapsed.as_secs_f64());
     rt.access_log.write(&AccessLine {
         level: "INFO",
         msg: "access",
@@ -401,12 +406,8 @@ async fn phases(
     let m = &rt.metrics;
     match result {
         Ok(resp) => {
-            m.upstream_requests_total
-                .with_label_values(&[upstream.name.as_str(), resp.status().as_str()])
-                .inc();
-            m.upstream_duration_seconds
-                .with_label_values(&[upstream.name.as_str()])
-                .observe(took.as_secs_f64());
+            upstream.series.count(m, resp.status());
+            upstream.series.duration.observe(took.as_secs_f64());
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client) = client_upgrade {
                     return Ok(splice_upgrade(client, resp, rt.upgrades.enter()));
@@ -508,7 +509,7 @@ async fn authenticate(
     let verified = match result {
         Ok((v, _cached)) => v,
         Err(f) => {
-            ctx.issuer_label = rt.verifier.issuer_id(f.issuer).to_string();
+            ctx.issuer = f.issuer;
             ctx.auth.iss = f
                 .issuer
                 .map(|i| rt.verifier.issuers[i].config.issuer.clone());
@@ -517,12 +518,9 @@ async fn authenticate(
             return Err(f.denial);
         }
     };
-    let issuer_id = rt.verifier.issuer_id(Some(verified.issuer)).to_string();
-    ctx.issuer_label = issuer_id.clone();
-    ctx.auth.iss = verified.claim_str("iss").map(str::to_string);
-    ctx.auth.sub = verified.claim_str("sub").map(str::to_string);
-    ctx.auth.kid = verified.kid.clone();
-    ctx.auth.alg = Some(format!("{:?}", verified.alg));
+    ctx.issuer = Some(verified.issuer);
+    let issuer_id = rt.verifier.issuer_id(ctx.issuer);
+    ctx.auth.verified = Some(verified.clone());
 
     let max_lifetime = rt.verifier.issuers[verified.issuer]
         .config
@@ -532,13 +530,17 @@ async fn authenticate(
         return Err(Denial::Revoked);
     }
     binding_check(rt, conn, req, &ctx.host, &presented, &verified, route)?;
-    policy::check(route, &verified, &issuer_id)?;
+    policy::check(route, &verified, issuer_id)?;
 
     ctx.auth.result = "allowed";
-    rt.metrics
-        .auth_decisions_total
-        .with_label_values(&[issuer_id.as_str(), "allowed"])
-        .inc();
+    match rt.allowed.get(verified.issuer) {
+        Some(c) => c.inc(),
+        None => rt
+            .metrics
+            .auth_decisions_total
+            .with_label_values(&[issuer_id, "allowed"])
+            .inc(),
+    }
     Ok(Some((presented, verified)))
 }
 

@@ -27,6 +27,7 @@ use crate::proxy::headers::IdentityPlan;
 use crate::proxy::upstream::Upstream;
 use crate::revocation::Revocations;
 use crate::route::RouteTable;
+use crate::series::RouteSeries;
 
 /// Counts upgraded connections (WebSockets), so that a drain can wait for them.
 #[derive(Default)]
@@ -225,12 +226,26 @@ pub async fn build_runtime(shared: &Shared, config: Arc<Config>) -> Result<Runti
     };
     let mut upstreams = HashMap::new();
     for (name, u) in &config.upstreams {
-        let up = Upstream::new(u).map_err(|e| format!("upstream.{name}: {e}"))?;
+        let up = Upstream::new(u, &shared.metrics).map_err(|e| format!("upstream.{name}: {e}"))?;
         upstreams.insert(name.clone(), Arc::new(up));
     }
     let assertions = assertions(shared, &config)?;
     let issuers = issuers(shared, &config).await?;
+    let m = &shared.metrics;
     Ok(Runtime {
+        route_series: config
+            .routes
+            .iter()
+            .map(|r| RouteSeries::new(m, &r.id))
+            .collect(),
+        no_route_series: RouteSeries::new(m, "none"),
+        allowed: issuers
+            .iter()
+            .map(|i| {
+                m.auth_decisions_total
+                    .with_label_values(&[i.id(), "allowed"])
+            })
+            .collect(),
         routes: RouteTable::new(&config.routes, config.identity.forward_authorization),
         identity: IdentityPlan::new(&config.identity),
         verifier: Arc::new(Verifier::new(

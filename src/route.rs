@@ -82,6 +82,8 @@ pub fn normalize_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
 /// A route, ready for the request path.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in the configuration; indexes the runtime's per-route state.
+    pub index: usize,
     pub id: String,
     pub host: Option<HostMatch>,
     pub prefix: String,
@@ -153,8 +155,9 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn new(routes: &[RouteConfig], forward_authorization: bool) -> RouteTable {
         let mut t = RouteTable::default();
-        for r in routes {
+        for (index, r) in routes.iter().enumerate() {
             let route = Arc::new(Route {
+                index,
                 id: r.id.clone(),
                 host: r.host.clone(),
                 prefix: r.path_prefix.clone(),

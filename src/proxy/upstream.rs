@@ -17,6 +17,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use super::pool::Pool;
 
 use crate::config::{load_pem_certs, load_pem_key, UpstreamConfig};
+use crate::metrics::Metrics;
+use crate::series::UpstreamSeries;
 
 /// How long an endpoint that refused a connection is left out.
 const EJECT_FOR: Duration = Duration::from_secs(5);
@@ -34,6 +36,7 @@ pub struct Endpoint {
 
 pub struct Upstream {
     pub name: String,
+    pub series: UpstreamSeries,
     pub endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     epoch: Instant,
@@ -43,7 +46,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+    pub fn new(cfg: &UpstreamConfig, metrics: &Metrics) -> Result<Upstream, String> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let tls_cfg = cfg.tls.as_ref();
@@ -104,6 +107,7 @@ impl Upstream {
             })
             .collect::<Result<_, String>>()?;
         Ok(Upstream {
+            series: UpstreamSeries::new(metrics, &cfg.name),
             name: cfg.name.clone(),
             endpoints,
             next: AtomicUsize::new(0),
