@@ -350,6 +350,7 @@ mod tests {
                 key_fingerprint: 0,
                 exp: 0,
                 iat: None,
+                identity: Default::default(),
             })),
             // Fields of a refused token are not used once one verified.
             iss: Some("https://other.example/".into()),

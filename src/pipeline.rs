@@ -693,11 +693,8 @@ fn rewrite(
         }
     }
     if let Some(v) = verified {
-        rt.identity.add_identity(
-            headers,
-            &v.claims,
-            presented.and_then(|p| p.token.split('.').nth(1)),
-        );
+        rt.identity
+            .add_identity(headers, v, presented.map(|p| p.token.as_str()));
     }
     let xff = match prior_xff {
         Some(prior) => {

@@ -1033,6 +1033,8 @@ async fn token_cache_hit_is_counted() {
     assert_eq!(metric(&env.gw, CACHE_HITS, &[]).await, h0 + 1.0);
     assert_allowed(&env, &t).await;
     assert_eq!(metric(&env.gw, CACHE_HITS, &[]).await, h0 + 2.0);
+    // A hit forwards the identity rendered at admission.
+    assert_eq!(env.up.last().headers["x-user-id"], "alice");
     // Another token is a miss.
     assert_allowed(&env, &env.key.token("bob", json!({}))).await;
     assert_eq!(metric(&env.gw, CACHE_HITS, &[]).await, h0 + 2.0);

@@ -5,11 +5,12 @@
 //! once, and the algorithm used is chosen from the key and the issuer's
 //! allowlist, never from the token. `jsonwebtoken` does the signature check.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
 use moka::sync::Cache;
 use serde_json::{Map, Value};
@@ -32,6 +33,10 @@ pub struct Verified {
     pub key_fingerprint: u64,
     pub exp: u64,
     pub iat: Option<u64>,
+    /// The identity headers rendered from these claims, kept with the cached
+    /// verification so that a repeated token is not rendered again. (A cache
+    /// lives and dies with one configuration, and so with one identity plan.)
+    pub identity: OnceLock<Vec<(HeaderName, HeaderValue)>>,
 }
 
 impl Verified {
@@ -345,6 +350,7 @@ impl Verifier {
             key_fingerprint: key.fingerprint,
             exp,
             iat,
+            identity: OnceLock::new(),
         })
     }
 }

@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::policy::claim;
+use crate::auth::verify::Verified;
 use crate::config::{normalize_header, IdentityConfig};
 
 /// Pre-built names: removing by `&str` parsed each name again, twice per request.
@@ -135,24 +136,36 @@ impl IdentityPlan {
         }
     }
 
-    /// Adds the identity headers from verified claims.
-    pub fn add_identity(
+    /// The identity headers for verified claims (and, for `claims_header`,
+    /// the token they came from).
+    pub fn render(
         &self,
-        headers: &mut HeaderMap,
         claims: &serde_json::Map<String, Value>,
-        payload_b64: Option<&str>,
-    ) {
+        token: Option<&str>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(self.headers.len() + 1);
         for (name, path) in &self.headers {
-            if let Some(v) = claim(claims, path) {
-                if let Some(value) = header_value(v) {
-                    headers.insert(name.clone(), value);
-                }
+            if let Some(value) = claim(claims, path).and_then(header_value) {
+                out.push((name.clone(), value));
             }
         }
-        if let (Some(name), Some(payload)) = (&self.claims_header, payload_b64) {
+        let payload = || token.and_then(|t| t.split('.').nth(1));
+        if let (Some(name), Some(payload)) = (&self.claims_header, payload()) {
             if let Ok(v) = HeaderValue::from_str(payload) {
-                headers.insert(name.clone(), v);
+                out.push((name.clone(), v));
             }
+        }
+        out
+    }
+
+    /// Adds the identity headers of a verified token, rendered once per
+    /// cached verification.
+    pub fn add_identity(&self, headers: &mut HeaderMap, verified: &Verified, token: Option<&str>) {
+        let rendered = verified
+            .identity
+            .get_or_init(|| self.render(&verified.claims, token));
+        for (name, value) in rendered {
+            headers.insert(name.clone(), value.clone());
         }
     }
 }

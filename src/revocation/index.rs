@@ -58,6 +58,45 @@ pub struct Snapshot {
     delta: Tables,
 }
 
+impl Snapshot {
+    /// Whether any jti entry exists; without one, a request need not hash its `jti`.
+    #[inline]
+    pub fn has_jti(&self) -> bool {
+        !self.delta.jti.is_empty() || !self.base.jti.is_empty()
+    }
+
+    /// Whether any subject entry exists.
+    #[inline]
+    pub fn has_sub(&self) -> bool {
+        !self.delta.sub.is_empty() || !self.base.sub.is_empty()
+    }
+
+    #[inline]
+    pub fn jti_revoked(&self, jti: u64, now: u64) -> bool {
+        let exp = self
+            .delta
+            .jti
+            .get(&jti)
+            .or_else(|| self.base.jti.get(&jti))
+            .copied()
+            .unwrap_or(0);
+        u64::from(exp) > now
+    }
+
+    #[inline]
+    pub fn subject_revoked(&self, subject: u64, iat: u64, now: u64) -> bool {
+        match self
+            .delta
+            .sub
+            .get(&subject)
+            .or_else(|| self.base.sub.get(&subject))
+        {
+            Some(&(not_before, exp)) => u64::from(exp) > now && iat <= u64::from(not_before),
+            None => false,
+        }
+    }
+}
+
 /// The hash used for index keys: keyed per process, so nobody can aim at a
 /// particular slot from outside.
 fn hasher() -> &'static std::collections::hash_map::RandomState {
@@ -100,33 +139,20 @@ impl Default for Index {
 }
 
 impl Index {
-    /// Is a token with this `jti` hash revoked at `now`?
+    /// The current snapshot, for several lookups against one state.
     #[inline]
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snap.load()
+    }
+
+    /// Is a token with this `jti` hash revoked at `now`?
     pub fn jti_revoked(&self, jti: u64, now: u64) -> bool {
-        let s = self.snap.load();
-        let exp = s
-            .delta
-            .jti
-            .get(&jti)
-            .or_else(|| s.base.jti.get(&jti))
-            .copied()
-            .unwrap_or(0);
-        u64::from(exp) > now
+        self.snap.load().jti_revoked(jti, now)
     }
 
     /// Is a token of this subject, issued at `iat`, revoked at `now`?
-    #[inline]
     pub fn subject_revoked(&self, subject: u64, iat: u64, now: u64) -> bool {
-        let s = self.snap.load();
-        match s
-            .delta
-            .sub
-            .get(&subject)
-            .or_else(|| s.base.sub.get(&subject))
-        {
-            Some(&(not_before, exp)) => u64::from(exp) > now && iat <= u64::from(not_before),
-            None => false,
-        }
+        self.snap.load().subject_revoked(subject, iat, now)
     }
 
     /// Applies changes. Callers serialise writes (the store's lock).

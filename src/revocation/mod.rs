@@ -137,16 +137,21 @@ impl Revocations {
     #[inline]
     pub fn is_revoked(&self, v: &Verified, max_lifetime: u64) -> bool {
         let now = now_unix();
-        if let Some(jti) = v.claim_str("jti") {
-            if self.index.jti_revoked(jti_hash(jti), now) {
-                return true;
+        let snap = self.index.snapshot();
+        if snap.has_jti() {
+            if let Some(jti) = v.claim_str("jti") {
+                if snap.jti_revoked(jti_hash(jti), now) {
+                    return true;
+                }
             }
         }
-        if let (Some(iss), Some(sub)) = (v.claim_str("iss"), v.claim_str("sub")) {
-            // Without `iat`, a token counts as issued as early as it could have been.
-            let iat = v.iat.unwrap_or_else(|| v.exp.saturating_sub(max_lifetime));
-            if self.index.subject_revoked(subject_hash(iss, sub), iat, now) {
-                return true;
+        if snap.has_sub() {
+            if let (Some(iss), Some(sub)) = (v.claim_str("iss"), v.claim_str("sub")) {
+                // Without `iat`, a token counts as issued as early as it could have been.
+                let iat = v.iat.unwrap_or_else(|| v.exp.saturating_sub(max_lifetime));
+                if snap.subject_revoked(subject_hash(iss, sub), iat, now) {
+                    return true;
+                }
             }
         }
         false
