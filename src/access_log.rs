@@ -226,12 +226,35 @@ static ESCAPED: [bool; 256] = {
     t
 };
 
+/// Whether any byte is in [`ESCAPED`], eight bytes at a time: a byte below
+/// 0x20, or equal to `"`, `\\` or DEL, leaves its high bit set in the word tests.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        let v = u64::from_le_bytes(a);
+        let below_space = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
+        let found = below_space
+            | has_zero(v ^ (ONES * u64::from(b'"')))
+            | has_zero(v ^ (ONES * u64::from(b'\\')))
+            | has_zero(v ^ (ONES * 0x7f));
+        if found != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| ESCAPED[usize::from(b)])
+}
+
 /// A JSON string, escaped per RFC 8259 (quote, backslash, control characters).
 fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
-    // The usual case, nothing to escape, is one table lookup per byte and one copy.
-    if !bytes.iter().any(|&b| ESCAPED[usize::from(b)]) {
+    // The usual case, nothing to escape, is a check per eight bytes and one copy.
+    if !needs_escape(bytes) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
@@ -335,6 +358,34 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_word_check_finds_exactly_the_bytes_the_table_escapes() {
+        for len in [1usize, 7, 8, 9, 16, 23] {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    assert_eq!(
+                        needs_escape(&s),
+                        ESCAPED[usize::from(b)],
+                        "byte {b:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        // Bytes next to each other must not hide or fake one (borrows across lanes).
+        for b in 0..=255u8 {
+            for c in 0..=255u8 {
+                let s = [b, c, b, c, b, c, b, c];
+                assert_eq!(
+                    needs_escape(&s),
+                    ESCAPED[usize::from(b)] || ESCAPED[usize::from(c)],
+                    "{b:#x} {c:#x}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_line_is_one_json_object_with_every_field_escaped() {
