@@ -244,8 +244,11 @@ pub async fn handle(
             r
         }
     };
-    resp.headers_mut()
-        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    // Unique per response: HTTP/2's HPACK would enter each one in the
+    // connection's header table, evicting the entries that do repeat.
+    let mut request_id = ctx.request_id.clone();
+    request_id.set_sensitive(true);
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     if let Some(c) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
         cors::decorate(c, ctx.origin.as_ref(), resp.headers_mut());
     }
