@@ -17,9 +17,10 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
-pub fn stream<B>(body: B) -> Body
+pub fn stream<B, E>(body: B) -> Body
 where
-    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+    B: http_body::Body<Data = Bytes, Error = E> + Send + Sync + 'static,
+    E: std::error::Error + Send + Sync + 'static,
 {
     body.map_err(|e| Box::new(e) as BoxError).boxed()
 }

@@ -460,16 +460,26 @@ fn splice_upgrade(
     mut resp: Response<PooledBody>,
     guard: crate::reload::UpgradeGuard,
 ) -> Response<Body> {
-    let upstream = hyper::upgrade::on(&mut resp);
+    let upstream = resp.body_mut().take_upgraded();
     tokio::spawn(async move {
         let _open = guard;
-        match tokio::join!(client, upstream) {
-            (Ok(c), Ok(u)) => {
+        let Some((mut u, early)) = upstream else {
+            return;
+        };
+        match client.await {
+            Ok(c) => {
                 let mut c = hyper_util::rt::TokioIo::new(c);
-                let mut u = hyper_util::rt::TokioIo::new(u);
+                // Bytes the upstream sent right behind its 101 go first.
+                if !early.is_empty()
+                    && tokio::io::AsyncWriteExt::write_all(&mut c, &early)
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
                 let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
             }
-            (Err(e), _) | (_, Err(e)) => tracing::debug!("upgrade failed: {e}"),
+            Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
     });
     let (parts, _) = resp.into_parts();

@@ -128,6 +128,17 @@ async fn serve(mut s: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, closed:
                 }
             }
         }
+        if let Some(raw) = canned(&head) {
+            if s.write_all(raw).await.is_err() {
+                closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            if raw.starts_with(b"HTTP/1.0") {
+                // Its body ends where the connection does.
+                return;
+            }
+            continue;
+        }
         if head.starts_with("GET /big ") {
             let size = 8 << 20;
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
@@ -156,6 +167,22 @@ async fn serve(mut s: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, closed:
             return;
         }
     }
+}
+
+/// Replies written byte for byte, for `GET /raw/<name>`: the framings an
+/// upstream may use, and ones it must not.
+fn canned(head: &str) -> Option<&'static [u8]> {
+    let name = head.strip_prefix("GET /raw/")?.split(' ').next()?;
+    Some(match name {
+        "chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        "continue" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "length-and-chunked" => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "until-close" => b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close",
+        "two-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
+        "bad-status" => b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
+        "bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n",
+        _ => return None,
+    })
 }
 
 /// Reads from the gateway until `done` says so (5 s at most per read).
@@ -333,5 +360,80 @@ async fn a_connection_still_sending_a_slow_body_is_not_handed_to_the_next_reques
         started.elapsed()
     );
     drop(slow);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_reply_framings_arrive_whole_and_decide_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CountingUpstream::start(Mode::KeepAlive).await;
+    let (gw, addr) = start_gateway(dir.path(), &up, "").await;
+    let client = Client::plain();
+    let get = |path: &'static str| {
+        let client = &client;
+        async move { client.get(&format!("http://{addr}{path}"), &[]).await }
+    };
+
+    // Chunked (with an extension and a trailer) and 1xx before the final
+    // reply: delivered whole, on one kept-alive connection.
+    let r = get("/raw/chunked").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"hello world"[..]));
+    let r = get("/raw/continue").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"ok"[..]));
+    let r = get("/plain").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"ok"[..]));
+    assert_eq!(up.accepts(), 1, "clean replies keep the connection");
+
+    // A length beside a transfer coding: read as chunked, the length not
+    // passed on, and the connection not trusted with another message.
+    let r = get("/raw/length-and-chunked").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"abc"[..]));
+    assert_ne!(
+        r.headers.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"100"[..])
+    );
+    assert!(
+        up.wait_closed(1, Duration::from_secs(5)).await,
+        "that connection was closed"
+    );
+    let r = get("/plain").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.accepts(), 2);
+
+    // No length at all (HTTP/1.0): the body runs until the upstream closes.
+    let r = get("/raw/until-close").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"until close"[..]));
+
+    // Framing an upstream must not use is a 502, never a guess.
+    for path in ["/raw/two-lengths", "/raw/bad-status"] {
+        let r = get(path).await;
+        assert_eq!(r.status, 502, "{path}: {:?}", r.body);
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_broken_chunk_cuts_the_reply_instead_of_completing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CountingUpstream::start(Mode::KeepAlive).await;
+    let (gw, addr) = start_gateway(dir.path(), &up, "").await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /raw/bad-chunk HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the gateway kept the cut reply open");
+    // hyper drops the connection on a body error, flushed head or not: the
+    // client sees nothing, or a head with an unfinished body.
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a reply the upstream broke was completed: {text:?}"
+    );
     gw.shutdown().await;
 }

@@ -4,6 +4,7 @@
 use http::uri::PathAndQuery;
 use http::{header, Request, Response, Uri, Version};
 
+use super::exchange::ExchangeError;
 use super::pool::{PooledBody, SendError};
 use super::upstream::{Upstream, UpstreamBody};
 
@@ -31,7 +32,7 @@ impl ForwardError {
 
 /// Whether the error came from the request body passing its limit (the
 /// client's fault, not the upstream's).
-fn body_limit_hit(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(super) fn body_limit_hit(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if err.is::<http_body_util::LengthLimitError>() {
@@ -58,7 +59,7 @@ pub async fn forward(
     *req.version_mut() = Version::HTTP_11;
     // Pinned where it is: moving the send future into the timeout copied it
     // (about a kilobyte) on every request.
-    let sent = std::pin::pin!(ep.pool.send(&up.connector, &up.http1, &ep.uri, req));
+    let sent = std::pin::pin!(ep.pool.send(&up.connector, &ep.uri, req));
     match tokio::time::timeout(up.response_timeout, sent).await {
         Err(_) => Err(ForwardError::Timeout),
         Ok(Ok(resp)) => Ok(resp),
@@ -67,9 +68,9 @@ pub async fn forward(
             tracing::warn!(upstream = %up.name, "connect failed: {}", crate::auth::fetch::error_chain(&*e));
             Err(ForwardError::Connect)
         }
-        Ok(Err(SendError::Request(e))) if body_limit_hit(&e) => Err(ForwardError::BodyTooLarge),
+        Ok(Err(SendError::Request(ExchangeError::BodyTooLarge))) => Err(ForwardError::BodyTooLarge),
         Ok(Err(SendError::Request(e))) => {
-            tracing::warn!(upstream = %up.name, "upstream failed: {}", crate::auth::fetch::error_chain(&e));
+            tracing::warn!(upstream = %up.name, "upstream failed: {e}");
             Err(ForwardError::Reset)
         }
     }

@@ -1,27 +1,24 @@
 //! Kept-alive HTTP/1.1 connections to one endpoint.
 //!
-//! Each connection is driven by one task for its whole life; a request takes
-//! an idle connection's sender from a lock-free queue, and the response body
-//! puts it back when it has been read to the end. Nothing is spawned and
-//! nothing is locked per request (hyper-util's pooled client spawned a
-//! wait-for-idle task and took a mutex for every forwarded request).
+//! A request takes an idle connection from a lock-free queue and drives its
+//! exchange itself (`super::exchange`); the response body puts the
+//! connection back when it has been read to the end. Nothing is spawned and
+//! nothing is locked per request, and no other task is woken: hyper-util's
+//! pooled client spawned a wait-for-idle task and took a mutex for every
+//! forwarded request, and hyper's connection task cost a channel hop each way.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
+use super::exchange::{exchange, Conn, ExchangeError, Failure, Outgoing, ResponseBody};
 use super::upstream::UpstreamBody;
 
 /// Idle connections kept per endpoint; one more is closed when it goes idle.
@@ -31,7 +28,7 @@ const MAX_IDLE: usize = 1024;
 const REAP_TICKS: u32 = 3;
 
 struct Idle {
-    sender: SendRequest<UpstreamBody>,
+    conn: Box<Conn>,
     /// The reaper's tick when the connection went idle: no clock read per request.
     tick: u64,
 }
@@ -47,9 +44,11 @@ pub struct Pool {
 pub enum SendError {
     /// No connection could be made (refused, unreachable, TLS failed).
     Connect(Box<dyn std::error::Error + Send + Sync>),
-    /// The connection failed once the request was on its way.
-    Request(hyper::Error),
+    /// The exchange failed once the request was on its way.
+    Request(ExchangeError),
 }
+
+pub type PooledBody = ResponseBody;
 
 impl Pool {
     pub fn new(idle_timeout: Duration) -> Arc<Pool> {
@@ -61,38 +60,20 @@ impl Pool {
         })
     }
 
-    /// An idle connection ready for a request, if there is one. A connection
-    /// whose response has ended but whose request body is still on its way
-    /// (an upstream that answered early, a client sending slowly) is not
-    /// ready: it goes back to the queue rather than make this request wait
-    /// on another client's body.
-    async fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
-        for _ in 0..self.idle.len() {
-            let mut c = self.idle.pop()?;
-            if c.sender.is_closed() {
-                continue;
-            }
-            // One poll, never a wait; the waker it leaves costs at most a spurious wake-up.
-            let ready = std::future::poll_fn(|cx| Poll::Ready(c.sender.poll_ready(cx))).await;
-            match ready {
-                Poll::Ready(Ok(())) => return Some(c.sender),
-                Poll::Ready(Err(_)) => continue,
-                Poll::Pending => {
-                    // A full queue drops it, which closes the connection once its exchange ends.
-                    let _ = self.idle.push(c);
-                }
+    /// An idle connection the upstream has not closed, if there is one.
+    fn checkout(&self) -> Option<Box<Conn>> {
+        while let Some(mut c) = self.idle.pop() {
+            if c.conn.reusable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    pub(super) fn checkin(&self, conn: Box<Conn>) {
         let tick = self.tick.load(Ordering::Relaxed);
-        // A full queue drops the sender, which closes that connection.
-        let _ = self.idle.push(Idle { sender, tick });
+        // A full queue drops the connection, which closes it.
+        let _ = self.idle.push(Idle { conn, tick });
     }
 
     /// Closes connections idle for `REAP_TICKS` reaper ticks. One task per pool,
@@ -112,8 +93,8 @@ impl Pool {
                 let Some(pool) = weak.upgrade() else { return };
                 let now = pool.tick.fetch_add(1, Ordering::Relaxed) + 1;
                 for _ in 0..pool.idle.len() {
-                    let Some(c) = pool.idle.pop() else { break };
-                    if now - c.tick < u64::from(REAP_TICKS) && !c.sender.is_closed() {
+                    let Some(mut c) = pool.idle.pop() else { break };
+                    if now - c.tick < u64::from(REAP_TICKS) && c.conn.reusable() {
                         let _ = pool.idle.push(c);
                     }
                 }
@@ -122,127 +103,44 @@ impl Pool {
     }
 
     /// Sends `req` over an idle connection, or a new one. A request that an
-    /// idle connection closed before it was written goes out on the next
-    /// idle connection, or a new one; anything already written is never
+    /// idle connection closed before any of it was written goes out on the
+    /// next idle connection, or a new one; anything already written is never
     /// sent twice.
     pub async fn send(
         self: &Arc<Self>,
         connector: &HttpsConnector<HttpConnector>,
-        builder: &http1::Builder,
         endpoint: &http::Uri,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        while let Some(mut sender) = self.checkout().await {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Err(SendError::Request(e.into_error())),
-                },
+        let mut out = Outgoing::new(req);
+        while let Some(conn) = self.checkout() {
+            match exchange(conn, out, self.clone()).await {
+                Ok(resp) => return Ok(resp),
+                Err(Failure::Unsent(back)) => out = back,
+                Err(Failure::Failed(e)) => return Err(SendError::Request(e)),
             }
         }
         // Boxed: the connect path is rare, and inline it would make every
-        // in-flight request's future a kilobyte larger.
-        let mut sender = Box::pin(self.connect(connector, builder, endpoint)).await?;
-        match sender.send_request(req).await {
-            Ok(resp) => Ok(self.wrap(resp, sender)),
-            Err(e) => Err(SendError::Request(e)),
+        // in-flight request's future larger.
+        let conn = Box::pin(self.connect(connector, endpoint)).await?;
+        match exchange(conn, out, self.clone()).await {
+            Ok(resp) => Ok(resp),
+            Err(Failure::Unsent(_)) => Err(SendError::Request(ExchangeError::Closed)),
+            Err(Failure::Failed(e)) => Err(SendError::Request(e)),
         }
     }
 
     async fn connect(
         self: &Arc<Self>,
         connector: &HttpsConnector<HttpConnector>,
-        builder: &http1::Builder,
         endpoint: &http::Uri,
-    ) -> Result<SendRequest<UpstreamBody>, SendError> {
+    ) -> Result<Box<Conn>, SendError> {
         let io = connector
             .clone()
             .call(endpoint.clone())
             .await
             .map_err(SendError::Connect)?;
-        let (sender, conn) = builder
-            .handshake(io)
-            .await
-            .map_err(|e| SendError::Connect(Box::new(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!("upstream connection ended: {e}");
-            }
-        });
         self.start_reaper();
-        Ok(sender)
-    }
-
-    fn wrap(
-        self: &Arc<Self>,
-        resp: Response<Incoming>,
-        sender: SendRequest<UpstreamBody>,
-    ) -> Response<PooledBody> {
-        // An upgraded connection belongs to the upgrade from now on.
-        let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
-            .then(|| (sender, self.clone()));
-        resp.map(|inner| PooledBody {
-            inner,
-            back,
-            ended: false,
-        })
-    }
-}
-
-/// The upstream's response body. Once read to its end, its connection goes
-/// back to the pool; dropped before that, the connection is closed.
-pub struct PooledBody {
-    inner: Incoming,
-    back: Option<(SendRequest<UpstreamBody>, Arc<Pool>)>,
-    ended: bool,
-}
-
-impl PooledBody {
-    fn give_back(&mut self) {
-        if let Some((sender, pool)) = self.back.take() {
-            pool.checkin(sender);
-        }
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if self.ended || self.inner.is_end_stream() {
-            self.give_back();
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                this.ended = true;
-                this.give_back();
-            }
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                this.ended = true;
-                this.give_back();
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        Ok(Conn::new(TokioIo::new(io)))
     }
 }

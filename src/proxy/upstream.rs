@@ -41,7 +41,6 @@ pub struct Upstream {
     next: AtomicUsize,
     epoch: Instant,
     pub connector: HttpsConnector<HttpConnector>,
-    pub http1: hyper::client::conn::http1::Builder,
     pub response_timeout: Duration,
 }
 
@@ -113,7 +112,6 @@ impl Upstream {
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             connector,
-            http1: hyper::client::conn::http1::Builder::new(),
             response_timeout: cfg.response_timeout,
         })
     }
