@@ -128,6 +128,14 @@ async fn serve(mut s: TcpStream, mode: Mode, requests: Arc<AtomicUsize>, closed:
                 }
             }
         }
+        if head.starts_with("POST /refuse-body ") {
+            // Refuses without reading the body, and hangs up: the rest of the
+            // request meets a closed (reset) connection.
+            let _ = s
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 8\r\n\r\ntoo much")
+                .await;
+            return;
+        }
         if let Some(raw) = canned(&head) {
             if s.write_all(raw).await.is_err() {
                 closed.fetch_add(1, Ordering::SeqCst);
@@ -435,5 +443,18 @@ async fn a_broken_chunk_cuts_the_reply_instead_of_completing_it() {
         !text.ends_with("0\r\n\r\n"),
         "a reply the upstream broke was completed: {text:?}"
     );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reply_sent_before_the_upstream_hangs_up_on_the_body_still_reaches_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CountingUpstream::start(Mode::KeepAlive).await;
+    let (gw, addr) = start_gateway(dir.path(), &up, "").await;
+    let body = vec![b'x'; 4 << 20];
+    let r = Client::plain()
+        .request("POST", &format!("http://{addr}/refuse-body"), &[], &body)
+        .await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (413, &b"too much"[..]));
     gw.shutdown().await;
 }

@@ -274,26 +274,35 @@ pub async fn exchange(
     mut out: Outgoing,
     give_back: GiveBack,
 ) -> Result<Response<ResponseBody>, Failure> {
+    // An upstream may answer (a 413, say) and close before taking the whole
+    // request: a failed write stops the sending, and the reply is still read.
+    let mut write_failed: Option<ExchangeError> = None;
     let head = std::future::poll_fn(|cx| {
-        if !out.done() {
-            if let Poll::Ready(Err(e)) = out.poll_send(&mut conn.io, cx) {
-                return Poll::Ready(Err(e));
+        if write_failed.is_none() && !out.done() {
+            match out.poll_send(&mut conn.io, cx) {
+                Poll::Ready(Err(e @ ExchangeError::Io(_))) => write_failed = Some(e),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                _ => {}
             }
         }
         poll_head(&mut conn, cx)
     })
     .await;
-    let head = match head {
-        Ok(head) => head,
-        Err(e) if !out.wrote && retryable(&e) => return Err(Failure::Unsent(out)),
-        Err(e) => return Err(Failure::Failed(e)),
+    let stopped = write_failed.is_some();
+    let head = match (head, write_failed) {
+        (Ok(head), None) => head,
+        (Ok((parts, _)), Some(_)) => (parts, false),
+        (Err(_), Some(e)) | (Err(e), None) if !out.wrote && retryable(&e) => {
+            return Err(Failure::Unsent(out))
+        }
+        (Err(_), Some(e)) | (Err(e), None) => return Err(Failure::Failed(e)),
     };
     let (mut parts, mut keep_alive) = head;
     let framing =
         framing(&mut parts, out.head_request, &mut keep_alive).map_err(Failure::Failed)?;
     let body = ResponseBody {
         conn: Some(conn),
-        out: (!out.done()).then_some(out),
+        out: (!stopped && !out.done()).then_some(out),
         framing,
         keep_alive,
         give_back: Some(give_back),
@@ -640,9 +649,12 @@ impl Body for ResponseBody {
             if let (Some(out), Some(conn)) = (this.out.as_mut(), this.conn.as_mut()) {
                 match out.poll_send(&mut conn.io, cx) {
                     Poll::Ready(Ok(())) => this.out = None,
-                    Poll::Ready(Err(e)) => {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err(e)));
+                    // The upstream stopped taking the request (or the client
+                    // stopped sending it): the reply still counts, the
+                    // connection does not go back.
+                    Poll::Ready(Err(_)) => {
+                        this.out = None;
+                        this.keep_alive = false;
                     }
                     Poll::Pending => {}
                 }
