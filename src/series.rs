@@ -7,6 +7,7 @@
 //! keyed by status (and method) resolved on first use into a few slots that
 //! are read without a lock afterwards.
 
+use std::cell::LazyCell;
 use std::sync::OnceLock;
 
 use prometheus::{Histogram, IntCounter};
@@ -34,25 +35,18 @@ impl CounterSlots {
     /// Increments the counter for `key`, resolving it with `resolve` the first
     /// time (or every time, once all slots hold other keys).
     pub fn inc(&self, key: u32, resolve: impl FnOnce() -> IntCounter) {
-        let mut resolve = Some(resolve);
-        let mut made: Option<IntCounter> = None;
+        // Resolved at most once, and only when a slot or the overflow needs it.
+        let counter = LazyCell::new(resolve);
         let start = (key as usize).wrapping_mul(0x9E37_79B9) >> 7;
         for i in 0..SLOTS {
             let slot = &self.slots[(start + i) % SLOTS];
-            let (k, counter) = slot.get_or_init(|| {
-                let c =
-                    made.get_or_insert_with(|| resolve.take().expect("resolved at most once")());
-                (key, c.clone())
-            });
+            let (k, held) = slot.get_or_init(|| (key, LazyCell::force(&counter).clone()));
             if *k == key {
-                counter.inc();
+                held.inc();
                 return;
             }
         }
-        match made {
-            Some(c) => c.inc(),
-            None => resolve.take().expect("not resolved yet")().inc(),
-        }
+        LazyCell::force(&counter).inc();
     }
 }
 
