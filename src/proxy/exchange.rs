@@ -145,12 +145,7 @@ impl Outgoing {
         head.push(b' ');
         head.extend_from_slice(path.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
+        write_fields(&mut head, &parts.headers);
         if chunked {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -217,12 +212,7 @@ impl Outgoing {
                         // Trailers end a chunked body; a sized body has nowhere to put them.
                         if let (true, Ok(trailers)) = (self.chunked, frame.into_trailers()) {
                             let mut last = b"0\r\n".to_vec();
-                            for (name, value) in &trailers {
-                                last.extend_from_slice(name.as_str().as_bytes());
-                                last.extend_from_slice(b": ");
-                                last.extend_from_slice(value.as_bytes());
-                                last.extend_from_slice(b"\r\n");
-                            }
+                            write_fields(&mut last, &trailers);
                             last.extend_from_slice(b"\r\n");
                             self.pending.push_back(Bytes::from(last));
                             self.body = None;
@@ -542,14 +532,13 @@ impl ResponseBody {
                     if buf.is_empty() {
                         return Ok(None);
                     }
-                    let n = (buf.len() as u64).min(left) as usize;
-                    let rest = left - n as u64;
+                    let (data, rest) = take_upto(buf, left);
                     self.framing = if rest == 0 {
                         Framing::Done
                     } else {
                         Framing::Length(rest)
                     };
-                    return Ok(Some(Frame::data(buf.split_to(n).freeze())));
+                    return Ok(Some(Frame::data(data)));
                 }
                 Framing::Chunked(Chunk::Size) => {
                     let Some(eol) = find_crlf(buf, MAX_LINE)? else {
@@ -573,14 +562,13 @@ impl ResponseBody {
                     if buf.is_empty() {
                         return Ok(None);
                     }
-                    let n = (buf.len() as u64).min(left) as usize;
-                    let rest = left - n as u64;
+                    let (data, rest) = take_upto(buf, left);
                     self.framing = Framing::Chunked(if rest == 0 {
                         Chunk::DataEnd
                     } else {
                         Chunk::Data(rest)
                     });
-                    return Ok(Some(Frame::data(buf.split_to(n).freeze())));
+                    return Ok(Some(Frame::data(data)));
                 }
                 Framing::Chunked(Chunk::DataEnd) => {
                     if buf.len() < 2 {
@@ -603,6 +591,22 @@ impl ResponseBody {
                 }
             }
         }
+    }
+}
+
+/// Up to `left` buffered body bytes, and how many remain after them.
+fn take_upto(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let n = (buf.len() as u64).min(left) as usize;
+    (buf.split_to(n).freeze(), left - n as u64)
+}
+
+/// Header fields as `name: value` lines, for a head or a trailer section.
+fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 }
 
