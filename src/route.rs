@@ -16,9 +16,18 @@ pub fn path_is_unsafe(path: &str) -> bool {
     if !path.starts_with('/') {
         return true;
     }
-    let b = path.as_bytes();
-    if b.contains(&b'\\') || b.contains(&0) {
-        return true;
+    let mut escapes_or_dots = false;
+    for &c in path.as_bytes() {
+        match c {
+            b'\\' | 0 => return true,
+            b'%' | b'.' => escapes_or_dots = true,
+            _ => {}
+        }
+    }
+    // Without a `%` or a `.` no escape and no dot segment can be present:
+    // most paths end here, without the lowercased copy below.
+    if !escapes_or_dots {
+        return false;
     }
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {

@@ -1309,6 +1309,58 @@ async fn idle_timeout_closes_a_silent_keep_alive_connection_but_not_a_busy_one()
     task.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_cuts_a_client_that_stalls_mid_body_but_not_one_that_trickles() {
+    let dir = tempfile::tempdir().unwrap();
+    let _key = key_in(dir.path());
+    let (up, seen) = body_recording_upstream().await;
+    let toml = config_text(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        "idle_timeout = \"1s\"",
+        &(upstream_block("app", &format!("http://{up}")) + &route_block("/", "app", "public")),
+    );
+    let gw = gateway(dir.path(), &toml).await;
+    wait_ready(&gw).await;
+    let addr = gw.listen_addrs()[0];
+    let head = b"POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 100\r\n\r\n";
+
+    // Ten bytes of a hundred, then silence: the connection is idle while the
+    // request is in flight, and is cut after about a second.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(head).await.unwrap();
+    c.write_all(b"0123456789").await.unwrap();
+    let t0 = Instant::now();
+    assert!(
+        closed_within(&mut c, Duration::from_secs(6)).await,
+        "a client silent mid-body was kept past idle_timeout"
+    );
+    let idle = t0.elapsed();
+    assert!(
+        idle >= Duration::from_millis(800) && idle <= Duration::from_secs(3),
+        "closed after {idle:?} with idle_timeout = 1s"
+    );
+
+    // The same body in ten pieces 400 ms apart (4 s in all): bytes keep
+    // moving, so it is never idle, and the whole body arrives.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(head).await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.write_all(b"0123456789").await.unwrap();
+    }
+    let (status, _, _) = read_response(&mut c, Duration::from_secs(5))
+        .await
+        .expect("the trickled upload was cut off");
+    assert_eq!(status, 200);
+    assert!(
+        seen.lock().unwrap().contains(&Ok(100)),
+        "the upstream never saw the whole trickled body: {:?}",
+        seen.lock().unwrap()
+    );
+    gw.shutdown().await;
+}
+
 /// What an upstream made of a request body: its length, or the error that ended it.
 type BodyOutcome = Result<usize, String>;
 

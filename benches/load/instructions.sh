@@ -4,9 +4,12 @@
 #
 #   benches/load/instructions.sh                      # the current release build
 #   benches/load/instructions.sh path/to/portcullis   # another build, e.g. an older commit's
+#   NEW=1 benches/load/instructions.sh                # every request a token never seen before
 #
 # One gateway (workers = 1, RS256 issuer, repeated token, access log on)
 # runs under callgrind in front of a small Python upstream on loopback.
+# With NEW=1 each request carries a distinct token (minted by mint.py), so
+# every request pays the signature check.
 # It is measured twice, after WARM then WARM + N sequential keep-alive
 # requests; the difference divided by N is the cost of one request, with
 # start-up left out. Under valgrind SHA-256 takes its portable path (no SHA
@@ -32,15 +35,27 @@ BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 WORK="$(mktemp -d)"
 UP_PID=""
 cleanup() {
-    [ "${KEEP:-0}" = 1 ] && { echo "kept $WORK" >&2; return; }
+    # The upstream holds this script's output open: it goes even when kept.
     [ -n "$UP_PID" ] && kill "$UP_PID" 2>/dev/null || true
+    [ "${KEEP:-0}" = 1 ] && { echo "kept $WORK" >&2; return; }
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 "$BIN" keygen --alg RS256 --out "$WORK/k" >/dev/null
-TOKEN="$("$BIN" token mint --key "$WORK/k/private.pem" --iss https://idp.instructions.test/ \
-    --aud bench --sub bench-user --ttl 1h)"
+TOKENS="$WORK/tokens.txt"
+if [ "${NEW:-0}" = 1 ]; then
+    if python3 -c 'import cryptography' 2>/dev/null; then PY=python3; else PY=/usr/bin/python3; fi
+    KID="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["keys"][0]["kid"])' "$WORK/k/jwks.json")"
+    # Both measurements draw from the front of the same list, so the extra N
+    # requests of the second one are tokens the first never sent either.
+    $PY "$HERE/mint.py" --key "$WORK/k/private.pem" --kid "$KID" --alg RS256 \
+        --iss https://idp.instructions.test/ --aud bench --count $((WARM + N)) --ttl 3600 \
+        --sub-prefix u --out "$TOKENS" --procs "$(nproc)" >&2
+else
+    "$BIN" token mint --key "$WORK/k/private.pem" --iss https://idp.instructions.test/ \
+        --aud bench --sub bench-user --ttl 1h >"$TOKENS"
+fi
 cat >"$WORK/p.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$PORT"]
@@ -86,10 +101,11 @@ UP_PID=$!
 # Sequential requests on one kept-alive connection; each must be a 200.
 cat >"$WORK/requests.py" <<'EOF'
 import http.client, sys
-port, n, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port, n = int(sys.argv[1]), int(sys.argv[2])
+tokens = open(sys.argv[3]).read().split()
 c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-for _ in range(n):
-    c.request("GET", "/", headers={"Authorization": "Bearer " + token})
+for i in range(n):
+    c.request("GET", "/", headers={"Authorization": "Bearer " + tokens[i % len(tokens)]})
     r = c.getresponse(); r.read()
     if r.status != 200:
         sys.exit(f"request answered {r.status}, not 200")
@@ -105,7 +121,7 @@ measure() {
         kill -0 "$pid" 2>/dev/null || { cat "$WORK/valgrind.$1.log" >&2; exit 1; }
         sleep 0.3
     done
-    python3 "$WORK/requests.py" "$PORT" "$requests" "$TOKEN"
+    python3 "$WORK/requests.py" "$PORT" "$requests" "$TOKENS"
     kill -INT "$pid"
     wait "$pid" 2>/dev/null || true
     awk '/^(summary|totals):/ {print $2; exit}' "$out"

