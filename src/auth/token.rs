@@ -246,6 +246,7 @@ mod tests {
         assert_eq!(p.token, "t.o.k");
         assert_eq!(strip_access_token(uri.query().unwrap()), "a=1&b=2");
     }
+
     #[test]
     fn the_plain_bearer_shortcut_judges_as_the_general_parser_does() {
         let values: [&[u8]; 14] = [
