@@ -148,6 +148,14 @@ cpu_ticks() {  # utime + stime of a process tree, in clock ticks
     done
     echo "$t"
 }
+user_ticks() {  # utime alone of a process tree, in clock ticks (system time is the rest)
+    local t=0 p f
+    for p in $(tree_pids "$1"); do
+        f="$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null)" || continue
+        t=$((t + $(awk '{print $12}' <<<"$f")))
+    done
+    echo "$t"
+}
 ctx_switches() {  # voluntary + involuntary context switches of every thread of a process tree
     local t=0 p
     for p in $(tree_pids "$1"); do
@@ -401,7 +409,7 @@ EOF
 
 # ---------------------------------------------------------------- results
 ORDER=()
-declare -A LABEL STATUS RPS P50 P99 REQS CPU PERCORE RSS NOTE CTXSW CSW
+declare -A LABEL STATUS RPS P50 P99 REQS CPU UCPU PERCORE RSS NOTE CTXSW CSW
 add_target() { ORDER+=("$1"); LABEL[$1]=$2; STATUS[$1]="not run"; NOTE[$1]=""; }
 add_note() { NOTE[$1]="${NOTE[$1]:+${NOTE[$1]}; }$2"; }
 
@@ -451,7 +459,7 @@ sanity() {
 # wrk_run ID PID PORT fixed TOKEN | wrk_run ID PID PORT pool FILE
 wrk_run() {
     local id=$1 pid=$2 port=$3 mode=$4 arg=$5
-    local out="$RUN/out/$id.wrk" c0 c1 x0 n rps non2xx sockerr
+    local out="$RUN/out/$id.wrk" c0 c1 u0 x0 n rps non2xx sockerr
     local cmd=(taskset -c "$LOAD_CPU" timeout $((DURATION + 60)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency)
     if [[ "$mode" == fixed ]]; then
         cmd+=(-H "Authorization: Bearer $arg")
@@ -460,6 +468,7 @@ wrk_run() {
     fi
     x0="$(ctx_switches "$pid")"
     c0="$(cpu_ticks "$pid")"
+    u0="$(user_ticks "$pid")"
     if ! BENCH_TOKENS="$arg" "${cmd[@]}" "http://127.0.0.1:$port/" >"$out" 2>&1; then
         STATUS[$id]="NOT MEASURED: wrk failed ($(tail -1 "$out"))"
         return 1
@@ -471,7 +480,8 @@ wrk_run() {
     non2xx="$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")"
     sockerr="$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")"
     record "$id" "$pid" "${n:-0}" "$rps" "$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")" \
-        "$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")" $((c1 - c0)) "${non2xx:-0}" "${sockerr:-0}"
+        "$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")" $((c1 - c0)) "${non2xx:-0}" "${sockerr:-0}" \
+        $(($(user_ticks "$pid") - u0))
     if [[ "$mode" == pool ]]; then
         local line used exhausted
         line="$(grep '^pool_used=' "$out" || true)"
@@ -487,9 +497,10 @@ wrk_run() {
 # h2_run ID PID PORT TOKEN
 h2_run() {
     local id=$1 pid=$2 port=$3 tok=$4
-    local out="$RUN/out/$id.h2load" lat="$RUN/out/$id.h2log" c0 c1 x0 n rps bad
+    local out="$RUN/out/$id.h2load" lat="$RUN/out/$id.h2log" c0 c1 u0 x0 n rps bad
     x0="$(ctx_switches "$pid")"
     c0="$(cpu_ticks "$pid")"
+    u0="$(user_ticks "$pid")"
     if ! taskset -c "$LOAD_CPU" timeout $((DURATION + 60)) h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$DURATION" \
         --log-file="$lat" -H "authorization: Bearer $tok" "https://127.0.0.1:$port/" >"$out" 2>&1; then
         STATUS[$id]="NOT MEASURED: h2load failed ($(tail -1 "$out"))"
@@ -507,13 +518,14 @@ h2_run() {
         printf "%.3f %.3f\n", a[i50] / 1000, a[i99] / 1000 }')
     local failed
     failed="$(awk '/^requests:/ {print $10 + $12 + $14}' "$out")"
-    record "$id" "$pid" "${n:-0}" "$rps" "$p50" "$p99" $((c1 - c0)) "${bad:-0}" "${failed:-0}"
+    record "$id" "$pid" "${n:-0}" "$rps" "$p50" "$p99" $((c1 - c0)) "${bad:-0}" "${failed:-0}" \
+        $(($(user_ticks "$pid") - u0))
     add_note "$id" "$(awk '/^Application protocol:/ {printf "%s", $3}' "$out") $(awk '/^Cipher:/ {printf "%s", $2}' "$out") -c$H2_CONNS -m$H2_STREAMS"
 }
 
 # record ID PID REQUESTS RPS P50 P99 TICKS NON2XX ERRORS
 record() {
-    local id=$1 pid=$2 n=$3 rps=$4 p50=$5 p99=$6 ticks=$7 non2xx=$8 errs=$9
+    local id=$1 pid=$2 n=$3 rps=$4 p50=$5 p99=$6 ticks=$7 non2xx=$8 errs=$9 user=${10}
     REQS[$id]=$n
     RPS[$id]=$(calc "${rps:-0}" 0)
     P50[$id]=$p50
@@ -521,6 +533,7 @@ record() {
     RSS[$id]=$(calc "$(rss_kb "$pid") / 1024" 1)
     if [[ "$n" -gt 0 ]]; then
         CPU[$id]=$(calc "$ticks * 1000000 / $CLK_TCK / $n" 1)
+        UCPU[$id]=$(calc "$user * 1000000 / $CLK_TCK / $n" 1)
         CSW[$id]=$(calc "${CTXSW[$id]:-0} / $n" 2)
         if [[ "$ticks" -gt 0 ]]; then PERCORE[$id]=$(calc "$n * $CLK_TCK / $ticks" 0); else PERCORE[$id]=""; fi
     fi
@@ -779,6 +792,10 @@ fi
 if ok pc_cached_rs && ok direct; then
     INFO+=("- Proxy overhead over the bare upstream: portcullis cached $(calc "${CPU[pc_cached_rs]} - ${CPU[direct]}" 1) µs/req$(ok nginx && echo ", nginx $(calc "${CPU[nginx]} - ${CPU[direct]}" 1) µs/req")$(ok haproxy && echo ", HAProxy $(calc "${CPU[haproxy]} - ${CPU[direct]}" 1) µs/req")")
 fi
+if ok pc_cached_rs && ok nginx; then
+    user_sys() { echo "${UCPU[$1]} user + $(calc "${CPU[$1]} - ${UCPU[$1]}" 1) system"; }
+    INFO+=("- CPU per request split into user and system time (µs): portcullis cached $(user_sys pc_cached_rs), nginx $(user_sys nginx)$(ok haproxy && echo ", HAProxy $(user_sys haproxy)")")
+fi
 
 REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then REV+=" (+ uncommitted changes in src/)"; fi
@@ -798,14 +815,14 @@ if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/de
     echo
     echo "## Targets"
     echo
-    echo "| target | status | req/s | p50 ms | p99 ms | requests | CPU µs/req | req per CPU-second | ctx switches/req | RSS MB after | notes |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    echo "| target | status | req/s | p50 ms | p99 ms | requests | CPU µs/req | of it user | req per CPU-second | ctx switches/req | RSS MB after | notes |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     for id in "${ORDER[@]}"; do
         # numbers of a run that got non-2xx answers are struck through: a
         # gateway that answers 401 fast must never look fast
         s=""
         [[ "${STATUS[$id]}" == INVALID* ]] && s="~~"
-        echo "| ${LABEL[$id]} | $(md "${STATUS[$id]}") | $(st "$s" "${RPS[$id]:-}") | $(st "$s" "${P50[$id]:-}") | $(st "$s" "${P99[$id]:-}") | ${REQS[$id]:-} | $(st "$s" "${CPU[$id]:-}") | $(st "$s" "${PERCORE[$id]:-}") | ${CSW[$id]:-} | ${RSS[$id]:-} | $(md "${NOTE[$id]}") |"
+        echo "| ${LABEL[$id]} | $(md "${STATUS[$id]}") | $(st "$s" "${RPS[$id]:-}") | $(st "$s" "${P50[$id]:-}") | $(st "$s" "${P99[$id]:-}") | ${REQS[$id]:-} | $(st "$s" "${CPU[$id]:-}") | $(st "$s" "${UCPU[$id]:-}") | $(st "$s" "${PERCORE[$id]:-}") | ${CSW[$id]:-} | ${RSS[$id]:-} | $(md "${NOTE[$id]}") |"
     done
     echo
     echo "Memory (fresh portcullis, plaintext listener): $MEM_STATUS; idle ${MEM_IDLE:-?} MB; with $IDLE_CONNS idle keep-alive connections ${MEM_HELD:-?} MB (+${MEM_DELTA:-?} MB); after closing them ${MEM_AFTER:-?} MB. ${MEM_NOTE}"
