@@ -139,23 +139,17 @@ start_on() {
     ALIVE[$LAST_PID]=1
 }
 
-cpu_ticks() {  # utime + stime of a process tree, in clock ticks
+tree_ticks() {  # tree_ticks PID AWK-EXPR: a sum over a process tree of fields of /proc/<pid>/stat
     local t=0 p f
     for p in $(tree_pids "$1"); do
         f="$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null)" || continue
         # after "pid (comm) ": state is field 1, utime field 12, stime field 13
-        t=$((t + $(awk '{print $12 + $13}' <<<"$f")))
+        t=$((t + $(awk "{print $2}" <<<"$f")))
     done
     echo "$t"
 }
-user_ticks() {  # utime alone of a process tree, in clock ticks (system time is the rest)
-    local t=0 p f
-    for p in $(tree_pids "$1"); do
-        f="$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null)" || continue
-        t=$((t + $(awk '{print $12}' <<<"$f")))
-    done
-    echo "$t"
-}
+cpu_ticks() { tree_ticks "$1" '$12 + $13'; }  # utime + stime, in clock ticks
+user_ticks() { tree_ticks "$1" '$12'; }       # utime alone (system time is the rest)
 ctx_switches() {  # voluntary + involuntary context switches of every thread of a process tree
     local t=0 p
     for p in $(tree_pids "$1"); do
