@@ -47,6 +47,8 @@ fn hopts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
         .buckets(buckets.to_vec())
 }
 
+// Both expects run only in `Metrics::new`, over literal definitions into the
+// registry it has just made: no input, configuration or request reaches them.
 macro_rules! register {
     ($reg:expr, $m:expr) => {{
         let m = $m.expect("metric definitions are static and valid");

@@ -69,11 +69,7 @@ fn read_server(src: &Source, root: &Table) -> Option<ServerConfig> {
         Some(t) => t,
         None => Table::from_value(src, &spanned, "server".into())?,
     };
-    let listen: Vec<SocketAddr> = t.or(
-        src,
-        "listen",
-        vec!["0.0.0.0:8443".parse().expect("literal address")],
-    );
+    let listen: Vec<SocketAddr> = t.or(src, "listen", vec![SocketAddr::from(([0, 0, 0, 0], 8443))]);
     if listen.is_empty() {
         src.report_at(
             t.key_loc(src, "listen"),
@@ -194,17 +190,13 @@ fn positive(src: &Source, t: &Table, key: &str, default: Duration) -> Duration {
 fn read_admin(src: &Source, root: &Table) -> AdminConfig {
     let Some(t) = root.sub_table(src, "admin") else {
         return AdminConfig {
-            listen: Some("127.0.0.1:9901".parse().expect("literal address")),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
             token_file: None,
         };
     };
     let listen = match t.raw("listen").map(|v| v.get_ref()) {
         Some(DeValue::Boolean(false)) => None,
-        _ => Some(t.or(
-            src,
-            "listen",
-            "127.0.0.1:9901".parse().expect("literal address"),
-        )),
+        _ => Some(t.or(src, "listen", SocketAddr::from(([127, 0, 0, 1], 9901)))),
     };
     let admin = AdminConfig {
         listen,

@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::upstream::UpstreamBody;
+use crate::server::framing::parse_length;
 
 /// What the connector hands back: plain TCP or TLS, as tokio I/O.
 pub type Io = TokioIo<hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>;
@@ -437,7 +438,7 @@ fn framing(
     let mut length: Option<u64> = None;
     for v in parts.headers.get_all(header::CONTENT_LENGTH) {
         for part in v.as_bytes().split(|b| *b == b',') {
-            let n = parse_decimal(trim(part))
+            let n = parse_length(part.trim_ascii())
                 .ok_or(ExchangeError::Protocol("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(ExchangeError::Protocol("conflicting Content-Length values"));
@@ -452,27 +453,6 @@ fn framing(
             *keep_alive = false;
             Framing::UntilClose
         }
-    })
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end.max(start)]
-}
-
-fn parse_decimal(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 19 {
-        return None;
-    }
-    b.iter().try_fold(0u64, |n, c| {
-        c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
     })
 }
 
@@ -834,7 +814,7 @@ mod tests {
         assert_eq!(parse_hex(b"-1"), None);
         assert_eq!(parse_hex(b"+1"), None);
         assert_eq!(parse_hex(b"ffffffffffffffff"), None);
-        assert_eq!(parse_decimal(b"18446744073709551616"), None);
-        assert_eq!(parse_decimal(b"12"), Some(12));
+        assert_eq!(parse_length(b"18446744073709551616"), None);
+        assert_eq!(parse_length(b"12"), Some(12));
     }
 }

@@ -52,6 +52,7 @@ fn read_records(bytes: &[u8]) -> (Vec<Op>, usize) {
     let mut ops = Vec::new();
     let mut at = 0;
     while at + 8 <= bytes.len() {
+        // The loop condition leaves 8 bytes at `at`: both 4-byte slices convert.
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
         if len > MAX_RECORD || at + 8 + len > bytes.len() {

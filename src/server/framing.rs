@@ -326,7 +326,8 @@ impl FramingWatch {
 }
 
 /// hyper's reading of a single `Content-Length` value: ASCII digits only.
-fn parse_length(v: &[u8]) -> Option<u64> {
+/// The upstream exchange reads its replies' lengths the same way.
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
