@@ -20,7 +20,7 @@ CONNS="${CONNS:-64}"                   # wrk -c
 H2_CONNS="${H2_CONNS:-64}"             # h2load -c
 H2_STREAMS="${H2_STREAMS:-4}"          # h2load -m (concurrent streams per connection)
 IDLE_CONNS="${IDLE_CONNS:-10000}"      # idle keep-alive connections for the memory test
-POOL_RATE="${POOL_RATE:-20000}"        # pool size = POOL_RATE * (DURATION + 2) tokens
+POOL_RATE="${POOL_RATE:-32000}"        # pool size = POOL_RATE * (DURATION + 2) tokens
 TARGET_CPU="${TARGET_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 BASE_PORT="${BASE_PORT:-18000}"
