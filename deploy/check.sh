@@ -286,7 +286,9 @@ for l in lines:
                     sys.exit(f"Dockerfile copies {f}, which Dockerfile.dockerignore excludes")
 print(f"Dockerfile: the {n} files it copies from the context exist and are in the context")
 EOF
-  cargo metadata --locked --offline --format-version 1 >/dev/null
+  # Not --offline: metadata covers every platform's crates, and a fresh
+  # machine's cargo has fetched only this platform's (anstyle-wincon, say).
+  cargo metadata --locked --format-version 1 >/dev/null
   say "Cargo.lock is current: the image's 'cargo build --locked' will not change it"
   local libs bad
   libs=$(ldd "$BIN" | awk '{print $1}' | xargs -n1 basename | sort -u)
