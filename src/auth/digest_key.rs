@@ -1,10 +1,12 @@
-//! Hashing for caches keyed by a SHA-256 digest of a verified token.
+//! Hashing for caches whose key is already a hash of a verified token: a
+//! SHA-256 digest (signed assertions) or a keyed 64-bit hash (the verified-token
+//! cache, which compares the whole token on a hit).
 //!
 //! The key is already uniformly distributed, so its first eight bytes are a
 //! hash. The default SipHash over the 32 bytes was about a quarter of the
 //! cost of a first-seen token (moka hashes a key several times per insert).
 //! Only caches whose entries are tokens an issuer signed use this: nobody can
-//! grind such digests into one bucket. Caches whose entries a client can
+//! grind such keys into one bucket. Caches whose entries a client can
 //! mint freely (DPoP proof ids) keep the keyed default hasher.
 
 use std::hash::{BuildHasher, Hasher};

@@ -7,8 +7,8 @@
 //! that every later lookup misses in. A token used again pays for one extra
 //! verification, then is cached as before.
 //!
-//! The memory is one word per slot; a slot holds a tag of the last digest
-//! that landed in it. A collision only forgets a first sighting (the token is
+//! The memory is one word per slot; a slot holds a tag of the last token
+//! hash that landed in it. A collision only forgets a first sighting (the token is
 //! admitted a verification later); it never admits anything the verifier did
 //! not accept, because only verified tokens are offered.
 
@@ -33,12 +33,12 @@ impl Doorkeeper {
         }
     }
 
-    /// True on the second sighting of `digest` (which clears the slot), false
-    /// on the first (which remembers it).
-    pub fn seen_before(&self, digest: &[u8; 32]) -> bool {
-        // The cache hashes by the first eight bytes; the slot and tag come from
-        // the next sixteen, so the two never line up.
-        let (index, tag) = slot_and_tag(digest);
+    /// True on the second sighting of the token whose keyed hash is `hash`
+    /// (which clears the slot), false on the first (which remembers it).
+    pub fn seen_before(&self, hash: u64) -> bool {
+        // The cache's shards and buckets use the low bits; slots the high ones.
+        // A tag is never 0, the empty slot.
+        let (index, tag) = ((hash >> 32) as usize, hash | 1);
         let slot = &self.slots[index & self.mask];
         if slot.load(Ordering::Relaxed) == tag {
             slot.store(0, Ordering::Relaxed);
@@ -50,35 +50,25 @@ impl Doorkeeper {
     }
 }
 
-fn slot_and_tag(digest: &[u8; 32]) -> (usize, u64) {
-    let word = |at: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&digest[at..at + 8]);
-        u64::from_le_bytes(w)
-    };
-    // A tag is never 0, the empty slot.
-    (word(8) as usize, word(16) | 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::{Digest, Sha256};
+    use std::hash::BuildHasher;
 
-    fn digest(i: u32) -> [u8; 32] {
-        Sha256::digest(i.to_le_bytes()).into()
+    fn digest(i: u32) -> u64 {
+        foldhash::quality::FixedState::with_seed(7).hash_one(i)
     }
 
     #[test]
     fn the_second_sighting_is_admitted_and_the_first_is_not() {
         let d = Doorkeeper::for_cache(100);
-        assert!(!d.seen_before(&digest(1)));
-        assert!(!d.seen_before(&digest(2)));
-        assert!(d.seen_before(&digest(1)));
-        assert!(d.seen_before(&digest(2)));
+        assert!(!d.seen_before(digest(1)));
+        assert!(!d.seen_before(digest(2)));
+        assert!(d.seen_before(digest(1)));
+        assert!(d.seen_before(digest(2)));
         // Admission clears the slot: a token evicted from the cache later
         // starts over.
-        assert!(!d.seen_before(&digest(1)));
+        assert!(!d.seen_before(digest(1)));
     }
 
     #[test]
@@ -92,11 +82,9 @@ mod tests {
     fn a_full_table_forgets_some_first_sightings_but_admits_most() {
         let d = Doorkeeper::for_cache(1 << 14);
         for i in 0..(1 << 13) {
-            d.seen_before(&digest(i));
+            d.seen_before(digest(i));
         }
-        let admitted = (0..(1 << 13))
-            .filter(|i| d.seen_before(&digest(*i)))
-            .count();
+        let admitted = (0..(1 << 13)).filter(|i| d.seen_before(digest(*i))).count();
         // Half full: about e^-0.5 of the slots kept their first tag.
         assert!(admitted > (1 << 13) / 2, "{admitted}");
     }

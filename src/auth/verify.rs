@@ -14,7 +14,7 @@ use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
 use moka::sync::Cache;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+use std::hash::BuildHasher;
 
 use super::digest_key::DigestKey;
 use super::doorkeeper::Doorkeeper;
@@ -65,23 +65,42 @@ impl Failure {
     }
 }
 
+/// A cached verification and the token it was made for.
+///
+/// The cache is keyed by a fast hash of the token under a per-process random
+/// seed, not by a cryptographic digest: SHA-256 of a 600-byte token was about
+/// 6 % of the CPU of a cached request. A hash match alone proves nothing, so a
+/// hit counts only when the whole token is equal; two tokens that share a key
+/// (which a client cannot aim for without the seed) cost each other a
+/// verification, never an identity.
+struct Cached {
+    token: Box<str>,
+    verified: Arc<Verified>,
+}
+
 pub struct Verifier {
     pub issuers: Vec<Arc<IssuerKeys>>,
-    cache: Option<Cache<[u8; 32], Arc<Verified>, DigestKey>>,
+    cache: Option<Cache<u64, Arc<Cached>, DigestKey>>,
+    token_hash: foldhash::quality::RandomState,
     doorkeeper: Option<Doorkeeper>,
     metrics: Arc<Metrics>,
+    /// Every token under one cache key, to prove a key match is not a hit.
+    #[cfg(test)]
+    colliding_keys: bool,
 }
 
 struct UntilExp;
 
-impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
+impl moka::Expiry<u64, Arc<Cached>> for UntilExp {
     fn expire_after_create(
         &self,
-        _key: &[u8; 32],
-        value: &Arc<Verified>,
+        _key: &u64,
+        value: &Arc<Cached>,
         _now: std::time::Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(value.exp.saturating_sub(now_unix())))
+        Some(Duration::from_secs(
+            value.verified.exp.saturating_sub(now_unix()),
+        ))
     }
 }
 
@@ -135,6 +154,9 @@ impl Verifier {
             issuers,
             doorkeeper: cache.as_ref().map(|_| Doorkeeper::for_cache(cache_entries)),
             cache,
+            token_hash: foldhash::quality::RandomState::default(),
+            #[cfg(test)]
+            colliding_keys: false,
             metrics,
         }
     }
@@ -147,27 +169,39 @@ impl Verifier {
 
     /// Verifies a token; the boolean says whether the cache answered.
     pub async fn verify(&self, token: &str) -> Result<(Arc<Verified>, bool), Failure> {
-        let key = self.cache.as_ref().map(|_| {
-            let d: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            d
-        });
-        if let (Some(cache), Some(key)) = (&self.cache, &key) {
-            if let Some(v) = cache.get(key) {
-                if self.still_valid(&v) {
-                    self.metrics.token_cache_hits_total.inc();
-                    return Ok((v, true));
+        let key = self.cache.as_ref().map(|_| self.cache_key(token));
+        if let (Some(cache), Some(key)) = (&self.cache, key) {
+            if let Some(c) = cache.get(&key) {
+                // A different token under the same key is a miss; its entry stays.
+                if *c.token == *token {
+                    if self.still_valid(&c.verified) {
+                        self.metrics.token_cache_hits_total.inc();
+                        return Ok((c.verified.clone(), true));
+                    }
+                    cache.invalidate(&key);
                 }
-                cache.invalidate(key);
             }
             self.metrics.token_cache_misses_total.inc();
         }
         let verified = Arc::new(self.verify_uncached(token).await?);
         if let (Some(cache), Some(door), Some(key)) = (&self.cache, &self.doorkeeper, key) {
-            if door.seen_before(&key) {
-                cache.insert(key, verified.clone());
+            if door.seen_before(key) {
+                let entry = Cached {
+                    token: token.into(),
+                    verified: verified.clone(),
+                };
+                cache.insert(key, Arc::new(entry));
             }
         }
         Ok((verified, false))
+    }
+
+    fn cache_key(&self, token: &str) -> u64 {
+        #[cfg(test)]
+        if self.colliding_keys {
+            return 7;
+        }
+        self.token_hash.hash_one(token.as_bytes())
     }
 
     /// A cached verification counts only while its key is still in the
@@ -352,5 +386,67 @@ impl Verifier {
             iat,
             identity: OnceLock::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::jwk::{generate, public_jwk};
+    use crate::cli::mint::{claims, Signer};
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn a_token_under_another_tokens_cache_key_is_verified_on_its_own() {
+        crate::install_crypto_providers();
+        let dir = tempfile::tempdir().unwrap();
+        let pair = generate(Algorithm::ES256).unwrap();
+        let jwk = public_jwk(&pair, Algorithm::ES256).unwrap();
+        let kid = jwk["kid"].as_str().map(str::to_string);
+        std::fs::write(
+            dir.path().join("jwks.json"),
+            serde_json::json!({ "keys": [jwk] }).to_string(),
+        )
+        .unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[[issuer]]\nid = \"t\"\nissuer = \"https://idp.t/\"\njwks_file = \"jwks.json\"\n\
+             audiences = [\"t\"]\nalgorithms = [\"ES256\"]\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap_or_else(|p| panic!("{p}"));
+        let metrics = Arc::new(Metrics::new());
+        let keys = IssuerKeys::new(Arc::new(config.issuers[0].clone()), metrics.clone());
+        let client = super::super::fetch::client(None).unwrap();
+        keys.load_once(&client).await.expect("keys load");
+        let mut verifier = Verifier::new(vec![keys], 100, metrics);
+        verifier.colliding_keys = true;
+
+        let signer = Signer::from_key_pair(&pair, Some(Algorithm::ES256), kid).unwrap();
+        let alice = signer
+            .sign(&claims("https://idp.t/", "t", "alice", 600))
+            .unwrap();
+        let bob = signer
+            .sign(&claims("https://idp.t/", "t", "bob", 600))
+            .unwrap();
+        // Seen twice, alice's verification is cached under the shared key.
+        for _ in 0..2 {
+            verifier.verify(&alice).await.unwrap();
+        }
+        let (v, cached) = verifier.verify(&alice).await.unwrap();
+        assert!(cached && v.claim_str("sub") == Some("alice"));
+
+        let (v, cached) = verifier.verify(&bob).await.unwrap();
+        assert!(!cached, "bob's token must not be answered by alice's entry");
+        assert_eq!(v.claim_str("sub"), Some("bob"));
+
+        // Alice's signature under other claims: a key match, not a hit.
+        let (_, rest) = alice.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let (head, _) = bob.rsplit_once('.').unwrap();
+        let forged = format!("{head}.{sig}");
+        let f = verifier.verify(&forged).await.unwrap_err();
+        assert_eq!(f.denial, Denial::BadSignature);
     }
 }

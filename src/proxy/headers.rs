@@ -26,24 +26,43 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including every header that `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: comparing the few names present is cheaper
-    // than hashing each of the nine for a removal.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // Most messages carry none, or only a `Connection: keep-alive`: comparing
+    // the few names present is cheaper than hashing each of the nine for a
+    // removal, and nothing is allocated unless `Connection` names a header
+    // outside the list.
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present & 1 != 0 {
+        let tokens = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim);
+        for t in tokens {
+            // `from_bytes` folds case, as header names compare.
+            if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
+                if !HOP_BY_HOP.contains(&name) && !named.contains(&name) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     for name in &named {
-        headers.remove(name.as_str());
+        headers.remove(name);
     }
 }
 
@@ -231,9 +250,21 @@ mod tests {
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
+        h.append("connection", " X-Other ,, Bad Name".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
         remove_hop_by_hop(&mut h);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get("x-other").is_none() && h.get("connection").is_none());
         assert!(h.get("x-kept").is_some());
+        assert_eq!(h.len(), 1);
+
+        // Hop-by-hop headers go without a `Connection` naming them.
+        let mut h = HeaderMap::new();
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]
