@@ -32,6 +32,7 @@ use crate::config::{AuthMode, Config};
 use crate::cors;
 use crate::denial::Denial;
 use crate::metrics::Metrics;
+use crate::proxy::deadline::TimerSlot;
 use crate::proxy::forward::{forward, ForwardError};
 use crate::proxy::headers::{remove_hop_by_hop, IdentityPlan};
 use crate::proxy::pool::PooledBody;
@@ -77,6 +78,8 @@ pub struct ConnInfo {
     remote_text: String,
     /// The peer's address as `X-Forwarded-For` carries it, written once per connection.
     forwarded_for: HeaderValue,
+    /// The timer this connection's waits borrow (see `proxy::deadline`).
+    pub timer: Arc<TimerSlot>,
 }
 
 impl ConnInfo {
@@ -98,6 +101,7 @@ impl ConnInfo {
             // An address prints as digits, dots and colons: always a valid value.
             forwarded_for: HeaderValue::from_str(&ip)
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            timer: Arc::default(),
         }
     }
 }
@@ -403,7 +407,7 @@ async fn phases(
         None => req.map(Either::Left),
     };
     let sent = Instant::now();
-    let result = forward(upstream, req, pq).await;
+    let result = forward(upstream, req, pq, &conn.timer, sent).await;
     let took = sent.elapsed();
     ctx.upstream_ms = Some(took.as_secs_f64() * 1000.0);
     let m = &rt.metrics;

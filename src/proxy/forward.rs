@@ -1,9 +1,12 @@
 //! The forward itself: the request goes to one endpoint over a pooled
 //! connection, bodies streamed both ways, bounded by `response_timeout`.
 
+use std::sync::Arc;
+
 use http::uri::PathAndQuery;
 use http::{header, Request, Response, Uri, Version};
 
+use super::deadline::TimerSlot;
 use super::exchange::ExchangeError;
 use super::pool::{PooledBody, SendError};
 use super::upstream::{Upstream, UpstreamBody};
@@ -43,10 +46,13 @@ pub(super) fn body_limit_hit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Sends `req`; the upstream has `response_timeout` from `started` to answer.
 pub async fn forward(
     up: &Upstream,
     mut req: Request<UpstreamBody>,
     path_and_query: PathAndQuery,
+    timer: &Arc<TimerSlot>,
+    started: std::time::Instant,
 ) -> Result<Response<PooledBody>, ForwardError> {
     let idx = up.pick().ok_or(ForwardError::NoEndpoint)?;
     let ep = &up.endpoints[idx];
@@ -60,16 +66,19 @@ pub async fn forward(
     // Pinned where it is: moving the send future into the timeout copied it
     // (about a kilobyte) on every request.
     let sent = std::pin::pin!(ep.pool.send(&up.connector, &ep.uri, req));
-    match tokio::time::timeout(up.response_timeout, sent).await {
-        Err(_) => Err(ForwardError::Timeout),
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(SendError::Connect(e))) => {
+    let deadline = tokio::time::Instant::from_std(started) + up.response_timeout;
+    match timer.within(deadline, sent).await {
+        None => Err(ForwardError::Timeout),
+        Some(Ok(resp)) => Ok(resp),
+        Some(Err(SendError::Connect(e))) => {
             up.eject(idx);
             tracing::warn!(upstream = %up.name, "connect failed: {}", crate::auth::fetch::error_chain(&*e));
             Err(ForwardError::Connect)
         }
-        Ok(Err(SendError::Request(ExchangeError::BodyTooLarge))) => Err(ForwardError::BodyTooLarge),
-        Ok(Err(SendError::Request(e))) => {
+        Some(Err(SendError::Request(ExchangeError::BodyTooLarge))) => {
+            Err(ForwardError::BodyTooLarge)
+        }
+        Some(Err(SendError::Request(e))) => {
             tracing::warn!(upstream = %up.name, "upstream failed: {e}");
             Err(ForwardError::Reset)
         }
