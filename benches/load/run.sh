@@ -16,6 +16,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 
 DURATION="${DURATION:-10}"             # seconds per measured target
+ROUNDS="${ROUNDS:-3}"                  # every target is measured once per round; the table shows medians
 CONNS="${CONNS:-64}"                   # wrk -c
 H2_CONNS="${H2_CONNS:-64}"             # h2load -c
 H2_STREAMS="${H2_STREAMS:-4}"          # h2load -m (concurrent streams per connection)
@@ -51,6 +52,7 @@ die() { log "FATAL: $*"; exit 1; }
 [[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 && "$DURATION" -le 120 ]] \
     || die "DURATION must be 1..120 seconds (got $DURATION)"
 [[ "$IDLE_CONNS" =~ ^[0-9]+$ && "$IDLE_CONNS" -le 30000 ]] || die "IDLE_CONNS must be <= 30000"
+[[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 1 && "$ROUNDS" -le 9 ]] || die "ROUNDS must be 1..9 (got $ROUNDS)"
 
 # ---------------------------------------------------------------- 1. tools
 install_missing() {
@@ -688,18 +690,42 @@ print(d["opened"], d["ok"], d["rss_before_kb"], d["rss_held_kb"], d["rss_after_c
     log "memory: $MEM_STATUS idle ${MEM_IDLE} MB, held ${MEM_HELD} MB (+${MEM_DELTA} MB)"
 }
 
+# openssl_verify_us: one RSA-2048 verify in µs by `openssl speed` on the target core ("" if unknown)
+openssl_verify_us() {
+    local out="$RUN/out/openssl-speed.txt" per_s
+    taskset -c "$TARGET_CPU" timeout 60 openssl speed -seconds 3 rsa2048 >"$out" 2>/dev/null || true
+    # the header names the columns ("sign verify sign/s verify/s ..."); the data
+    # row starts with "rsa 2048 bits", so column k of the header is field k+3
+    per_s="$(awk '/verify\/s/ { for (i = 1; i <= NF; i++) if ($i == "verify/s") k = i }
+                  /^rsa *2048 bits/ && k { print $(k + 3) }' "$out" | tail -1)"
+    if [[ -n "$per_s" ]]; then calc "1000000 / $per_s" 2; fi
+}
+
+# Rounds: a target's figures from each round it passed, or its first failure.
+declare -A ROUND_BAD ALL_CPU ALL_UCPU ALL_RPS ALL_P50 ALL_P99 ALL_PERCORE ALL_CSW ALL_REQS
+ALL_VERIFY=""
+snapshot() {  # snapshot ID ROUND: after the target's measurement in that round
+    local id=$1 round=$2
+    if [[ "${STATUS[$id]}" == ok && -n "${CPU[$id]:-}" ]]; then
+        ALL_CPU[$id]+="${CPU[$id]} "
+        ALL_UCPU[$id]+="${UCPU[$id]} "
+        ALL_RPS[$id]+="${RPS[$id]} "
+        ALL_P50[$id]+="${P50[$id]} "
+        ALL_P99[$id]+="${P99[$id]} "
+        ALL_PERCORE[$id]+="${PERCORE[$id]} "
+        ALL_CSW[$id]+="${CSW[$id]} "
+        ALL_REQS[$id]+="${REQS[$id]} "
+    elif [[ -z "${ROUND_BAD[$id]:-}" ]]; then
+        ROUND_BAD[$id]="${STATUS[$id]} (round $round of $ROUNDS)"
+    fi
+}
+median() {  # median of the numbers in $1 (the lower middle one of an even count)
+    tr ' ' '\n' <<<"$1" | { grep -v '^$' || true; } | sort -g | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)] }'
+}
+
 # ------------------------------------------------------------------ the run
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 T_START=$(date +%s)
-
-log "openssl speed -seconds 3 rsa2048 (pinned to core $TARGET_CPU)"
-taskset -c "$TARGET_CPU" timeout 60 openssl speed -seconds 3 rsa2048 >"$RUN/out/openssl-speed.txt" 2>/dev/null || true
-# the header names the columns ("sign verify sign/s verify/s ..."); the data
-# row starts with "rsa 2048 bits", so column k of the header is field k+3
-VERIFY_S="$(awk '/verify\/s/ { for (i = 1; i <= NF; i++) if ($i == "verify/s") k = i }
-                 /^rsa *2048 bits/ && k { print $(k + 3) }' "$RUN/out/openssl-speed.txt" | tail -1)"
-if [[ -n "$VERIFY_S" ]]; then VERIFY_US=$(calc "1000000 / $VERIFY_S" 2); else VERIFY_US=""; fi
-log "RSA-2048 verify: ${VERIFY_S:-?}/s = ${VERIFY_US:-?} us"
 
 # the shared upstream, pinned with the load generator
 start_on "$LOAD_CPU" upstream nginx -e "$RUN/logs/upstream.error.log" -c "$(nginx_conf upstream "$UP_PORT" echo)"
@@ -717,18 +743,44 @@ add_target pc_unique_es "portcullis ES256, every token new"
 add_target haproxy_h2 "HAProxy h2 over TLS (no auth), h2load"
 add_target pc_h2 "portcullis h2 over TLS, RS256 repeated token, h2load"
 
-log "measuring, ${DURATION}s per target"
-bench_nginx direct "$DIRECT_PORT" echo
-bench_nginx nginx "$NGX_PORT" proxy
-bench_haproxy haproxy "$HAP_PORT" plain
-bench_haproxy haproxy_jwt_rs "$HAPJWT_PORT" jwt-RS256 pool "$RS_POOL"
-bench_haproxy haproxy_jwt_es "$HAPJWT_PORT" jwt-ES256 pool "$ES_POOL"
-bench_portcullis pc_cached_rs plain RS256 fixed
-bench_portcullis pc_cached_es plain ES256 fixed
-bench_portcullis pc_unique_rs plain RS256 pool
-bench_portcullis pc_unique_es plain ES256 pool
-bench_haproxy haproxy_h2 "$HAPTLS_PORT" tls
-bench_portcullis pc_h2 tls RS256 fixed
+for round in $(seq 1 "$ROUNDS"); do
+    log "round $round of $ROUNDS: openssl speed -seconds 3 rsa2048 (pinned to core $TARGET_CPU)"
+    v="$(openssl_verify_us)" || v=""
+    ALL_VERIFY+="$v "
+    log "RSA-2048 verify: ${v:-?} us"
+    log "round $round of $ROUNDS: measuring, ${DURATION}s per target"
+    for id in "${ORDER[@]}"; do STATUS[$id]="not run"; NOTE[$id]=""; done
+    bench_nginx direct "$DIRECT_PORT" echo; snapshot direct "$round"
+    bench_nginx nginx "$NGX_PORT" proxy; snapshot nginx "$round"
+    bench_haproxy haproxy "$HAP_PORT" plain; snapshot haproxy "$round"
+    bench_haproxy haproxy_jwt_rs "$HAPJWT_PORT" jwt-RS256 pool "$RS_POOL"; snapshot haproxy_jwt_rs "$round"
+    bench_haproxy haproxy_jwt_es "$HAPJWT_PORT" jwt-ES256 pool "$ES_POOL"; snapshot haproxy_jwt_es "$round"
+    bench_portcullis pc_cached_rs plain RS256 fixed; snapshot pc_cached_rs "$round"
+    bench_portcullis pc_cached_es plain ES256 fixed; snapshot pc_cached_es "$round"
+    bench_portcullis pc_unique_rs plain RS256 pool; snapshot pc_unique_rs "$round"
+    bench_portcullis pc_unique_es plain ES256 pool; snapshot pc_unique_es "$round"
+    bench_haproxy haproxy_h2 "$HAPTLS_PORT" tls; snapshot haproxy_h2 "$round"
+    bench_portcullis pc_h2 tls RS256 fixed; snapshot pc_h2 "$round"
+done
+VERIFY_US="$(median "$ALL_VERIFY")"
+if [[ -n "$VERIFY_US" ]]; then VERIFY_S=$(calc "1000000 / $VERIFY_US" 1); else VERIFY_S=""; fi
+# A target that failed in any round is shown failed: a gateway that fails
+# its sanity check once must not be shown by its good rounds.
+for id in "${ORDER[@]}"; do
+    if [[ -n "${ROUND_BAD[$id]:-}" ]]; then
+        STATUS[$id]="${ROUND_BAD[$id]}"
+    elif [[ -n "${ALL_CPU[$id]:-}" ]]; then
+        CPU[$id]="$(median "${ALL_CPU[$id]}")"
+        UCPU[$id]="$(median "${ALL_UCPU[$id]}")"
+        RPS[$id]="$(median "${ALL_RPS[$id]}")"
+        P50[$id]="$(median "${ALL_P50[$id]}")"
+        P99[$id]="$(median "${ALL_P99[$id]}")"
+        PERCORE[$id]="$(median "${ALL_PERCORE[$id]}")"
+        CSW[$id]="$(median "${ALL_CSW[$id]}")"
+        REQS[$id]="$(median "${ALL_REQS[$id]}")"
+        if ((ROUNDS > 1)); then add_note "$id" "CPU µs/req by round: ${ALL_CPU[$id]% }"; fi
+    fi
+done
 bench_memory
 
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -805,7 +857,8 @@ if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/de
     echo "- tokens: RS256 ${#RS_TOKEN} bytes, ES256 ${#ES_TOKEN} bytes (header typ/alg/kid; iss, aud, sub, iat, exp, jti); pools of $POOL_SIZE distinct tokens per algorithm"
     echo "- access logs: ${ACCESS_LOGS} for the nginx proxy and HAProxy (portcullis always writes its access log; here to a file)"
     echo "- machine load average (1/5/15 min): $LOAD_START at start, $LOAD_END at end: other work on this machine makes req/s and latency noisy; CPU/req is the target's own time"
-    echo "- RSA-2048 verify (openssl speed -seconds 3 rsa2048, core $TARGET_CPU): ${VERIFY_S:-?} verify/s = **${VERIFY_US:-?} µs**"
+    echo "- rounds: $ROUNDS; each round measures every target once, in the table's order; each figure is the median of the rounds (per-round CPU/req in the notes), and a target that failed in any round is shown failed"
+    echo "- RSA-2048 verify (openssl speed -seconds 3 rsa2048, core $TARGET_CPU, median of the rounds: ${ALL_VERIFY% } µs): ${VERIFY_S:-?} verify/s = **${VERIFY_US:-?} µs**"
     echo
     echo "## Targets"
     echo
