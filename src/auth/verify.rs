@@ -5,6 +5,7 @@
 //! once, and the algorithm used is chosen from the key and the issuer's
 //! allowlist, never from the token. `jsonwebtoken` does the signature check.
 
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +15,6 @@ use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
 use moka::sync::Cache;
 use serde_json::{Map, Value};
-use std::hash::BuildHasher;
 
 use super::digest_key::DigestKey;
 use super::doorkeeper::Doorkeeper;
