@@ -829,6 +829,29 @@ else goal "RSS added by $IDLE_CONNS idle keep-alive connections" "${MEM_DELTA:+$
 if ok pc_unique_es && ok haproxy_jwt_es && [[ -n "${PERCORE[haproxy_jwt_es]}" ]]; then
     INFO+=("- Every token new (ES256): portcullis req per CPU-second / HAProxy jwt_verify's = ${PERCORE[pc_unique_es]} / ${PERCORE[haproxy_jwt_es]} = $(calc "${PERCORE[pc_unique_es]} / ${PERCORE[haproxy_jwt_es]}" 2)")
 fi
+# Each goal's ratio within each round, where the peer and portcullis ran
+# minutes apart: the spread says how far one round's ratio can be trusted.
+ratio_by_round() {  # ratio_by_round "A..." "B...": a/b round by round
+    awk -v a="$1" -v b="$2" 'BEGIN { n = split(a, x, " "); split(b, y, " ")
+        for (i = 1; i <= n; i++) printf "%s%.2f", (i > 1 ? " " : ""), x[i] / y[i] }'
+}
+budget_by_round() {  # budget_by_round "A..." "NGINX..." "VERIFY...": a/(nginx + 1.15 verify)
+    awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN { n = split(a, x, " "); split(b, y, " "); m = split(c, z, " ")
+        if (m != n) exit
+        for (i = 1; i <= n; i++) printf "%s%.2f", (i > 1 ? " " : ""), x[i] / (y[i] + 1.15 * z[i]) }'
+}
+if ((ROUNDS > 1)); then
+    R=()
+    ok pc_cached_rs && ok nginx && R+=("repeated tokens $(ratio_by_round "${ALL_CPU[pc_cached_rs]}" "${ALL_CPU[nginx]}")")
+    ok pc_unique_rs && ok nginx && R+=("every token new $(budget_by_round "${ALL_CPU[pc_unique_rs]}" "${ALL_CPU[nginx]}" "$ALL_VERIFY")")
+    ok pc_unique_rs && ok haproxy_jwt_rs && R+=("per core vs HAProxy jwt_verify $(ratio_by_round "${ALL_PERCORE[pc_unique_rs]}" "${ALL_PERCORE[haproxy_jwt_rs]}")")
+    ok pc_h2 && ok haproxy_h2 && R+=("h2 over TLS $(ratio_by_round "${ALL_CPU[pc_h2]}" "${ALL_CPU[haproxy_h2]}")")
+    if ((${#R[@]})); then
+        line=""
+        for r in "${R[@]}"; do line+="${line:+; }$r"; done
+        INFO+=("- Goal ratios round by round (each round measures the peer and portcullis minutes apart): $line")
+    fi
+fi
 if ok pc_unique_rs && ok pc_cached_rs; then
     INFO+=("- RS256 verification cost in portcullis (unique − cached CPU/req) = $(calc "${CPU[pc_unique_rs]} - ${CPU[pc_cached_rs]}" 1) µs; openssl's RSA-2048 verify = ${VERIFY_US:-?} µs")
 fi
