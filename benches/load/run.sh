@@ -702,19 +702,18 @@ openssl_verify_us() {
 }
 
 # Rounds: a target's figures from each round it passed, or its first failure.
+# The per-target figures that rounds collect; ALL_<name>[id] holds one per round.
+ROUND_FIGURES=(CPU UCPU RPS P50 P99 PERCORE CSW REQS)
 declare -A ROUND_BAD ALL_CPU ALL_UCPU ALL_RPS ALL_P50 ALL_P99 ALL_PERCORE ALL_CSW ALL_REQS
 ALL_VERIFY=""
 snapshot() {  # snapshot ID ROUND: after the target's measurement in that round
-    local id=$1 round=$2
+    local id=$1 round=$2 f
     if [[ "${STATUS[$id]}" == ok && -n "${CPU[$id]:-}" ]]; then
-        ALL_CPU[$id]+="${CPU[$id]} "
-        ALL_UCPU[$id]+="${UCPU[$id]} "
-        ALL_RPS[$id]+="${RPS[$id]} "
-        ALL_P50[$id]+="${P50[$id]} "
-        ALL_P99[$id]+="${P99[$id]} "
-        ALL_PERCORE[$id]+="${PERCORE[$id]} "
-        ALL_CSW[$id]+="${CSW[$id]} "
-        ALL_REQS[$id]+="${REQS[$id]} "
+        for f in "${ROUND_FIGURES[@]}"; do
+            local -n fig_all="ALL_$f" fig_one="$f"
+            fig_all[$id]+="${fig_one[$id]:-} "
+            unset -n fig_all fig_one
+        done
     elif [[ -z "${ROUND_BAD[$id]:-}" ]]; then
         ROUND_BAD[$id]="${STATUS[$id]} (round $round of $ROUNDS)"
     fi
@@ -770,14 +769,11 @@ for id in "${ORDER[@]}"; do
     if [[ -n "${ROUND_BAD[$id]:-}" ]]; then
         STATUS[$id]="${ROUND_BAD[$id]}"
     elif [[ -n "${ALL_CPU[$id]:-}" ]]; then
-        CPU[$id]="$(median "${ALL_CPU[$id]}")"
-        UCPU[$id]="$(median "${ALL_UCPU[$id]}")"
-        RPS[$id]="$(median "${ALL_RPS[$id]}")"
-        P50[$id]="$(median "${ALL_P50[$id]}")"
-        P99[$id]="$(median "${ALL_P99[$id]}")"
-        PERCORE[$id]="$(median "${ALL_PERCORE[$id]}")"
-        CSW[$id]="$(median "${ALL_CSW[$id]}")"
-        REQS[$id]="$(median "${ALL_REQS[$id]}")"
+        for f in "${ROUND_FIGURES[@]}"; do
+            declare -n fig_all="ALL_$f" fig_one="$f"
+            fig_one[$id]="$(median "${fig_all[$id]}")"
+            unset -n fig_all fig_one
+        done
         if ((ROUNDS > 1)); then add_note "$id" "CPU µs/req by round: ${ALL_CPU[$id]% }"; fi
     fi
 done

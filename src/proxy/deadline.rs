@@ -19,14 +19,8 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 /// The spare timer of one client connection.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct TimerSlot(Mutex<Option<Pin<Box<Sleep>>>>);
-
-impl std::fmt::Debug for TimerSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TimerSlot")
-    }
-}
 
 impl TimerSlot {
     /// `fut`'s output, or `None` once `deadline` passed first.
@@ -109,7 +103,7 @@ impl Drop for LazySleep {
     }
 }
 
-/// hyper's timer for one HTTP/1 connection (its `header_read_timeout`, armed
+/// hyper's HTTP/1 timer for one connection (its `header_read_timeout`, armed
 /// for every request head): sleeps on the connection's shared timer.
 #[derive(Clone)]
 pub struct ConnTimer(pub Arc<TimerSlot>);

@@ -27,11 +27,12 @@ use crate::metrics::gauge_guard;
 use crate::pipeline::{handle, ConnInfo, Runtime};
 use crate::proxy::deadline::ConnTimer;
 
-/// Builds the HTTP server settings from `[server]`.
-pub fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
+/// Builds the HTTP server settings from `[server]`; HTTP/1's timeouts run on
+/// the connection's `timer`.
+pub fn http_builder(cfg: &ServerConfig, timer: ConnTimer) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        .timer(TokioTimer::new())
+        .timer(timer)
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .keep_alive(true);
@@ -261,8 +262,8 @@ async fn serve_auto<T>(
 {
     let rt = ctx.runtime.clone();
     let remote = info.remote;
+    let builder = http_builder(cfg, ConnTimer(info.timer.clone()));
     let svc = service_fn(move |req| handle(rt.load_full(), info.clone(), req));
-    let builder = http_builder(cfg);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = drain.watch(conn.into_owned()).await {
         tracing::debug!(%remote, "connection ended: {e}");
