@@ -11,6 +11,7 @@
 //! later ones (route, verified identity, timings) travels in [`Ctx`].
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -205,85 +206,94 @@ fn route_host(host: &str) -> String {
 }
 
 /// Entry point for every request on a gateway listener.
-pub async fn handle(
+///
+/// A plain function returning an `async move` block rather than an `async
+/// fn`, here and in [`phases`] and `forward`: an `async fn` keeps each
+/// argument twice across an await (as argument and as local), and the
+/// request (about 270 bytes) was held that way at three levels, in every
+/// in-flight request's future and in each copy hyper makes of it.
+#[allow(clippy::manual_async_fn)] // deliberate, for the size: see above
+pub fn handle(
     rt: Arc<Runtime>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
-    let http1 = req.version() <= Version::HTTP_11;
-    let mut ctx = Ctx {
-        request_id: request_id(req.headers()),
-        method: req.method().clone(),
-        host: String::new(),
-        path_for_log: path_for_log(&req, rt.config.token.query),
-        route: None,
-        auth: AuthFields {
-            result: "none",
-            ..Default::default()
-        },
-        issuer: None,
-        upstream_ms: None,
-        origin: None,
-    };
-    let outcome = guarded(phases(&rt, &conn, req, &mut ctx), &rt.metrics).await;
-    let mut resp = match outcome {
-        Some(Ok(resp)) => resp,
-        Some(Err(denial)) => {
-            if let Some(result) = denial.auth_result() {
-                ctx.auth.result = result;
-                rt.metrics
-                    .auth_decisions_total
-                    .with_label_values(&[rt.verifier.issuer_id(ctx.issuer), result])
-                    .inc();
+) -> impl Future<Output = Result<Response<Body>, Infallible>> {
+    async move {
+        let started = Instant::now();
+        let http1 = req.version() <= Version::HTTP_11;
+        let mut ctx = Ctx {
+            request_id: request_id(req.headers()),
+            method: req.method().clone(),
+            host: String::new(),
+            path_for_log: path_for_log(&req, rt.config.token.query),
+            route: None,
+            auth: AuthFields {
+                result: "none",
+                ..Default::default()
+            },
+            issuer: None,
+            upstream_ms: None,
+            origin: None,
+        };
+        let outcome = guarded(phases(&rt, &conn, req, &mut ctx), &rt.metrics).await;
+        let mut resp = match outcome {
+            Some(Ok(resp)) => resp,
+            Some(Err(denial)) => {
+                if let Some(result) = denial.auth_result() {
+                    ctx.auth.result = result;
+                    rt.metrics
+                        .auth_decisions_total
+                        .with_label_values(&[rt.verifier.issuer_id(ctx.issuer), result])
+                        .inc();
+                }
+                denial.into_response(ctx.request_id.to_str().unwrap_or("-"))
             }
-            denial.into_response(ctx.request_id.to_str().unwrap_or("-"))
+            None => {
+                tracing::error!(request_id = ?ctx.request_id, "request handler panicked");
+                let mut r = Response::new(body::full(
+                    r#"{"error":"internal_error","error_description":"internal error"}"#,
+                ));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                r
+            }
+        };
+        // Unique per response: HTTP/2's HPACK would enter each one in the
+        // connection's header table, evicting the entries that do repeat.
+        let mut request_id = ctx.request_id.clone();
+        request_id.set_sensitive(true);
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        if let Some(c) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
+            cors::decorate(c, ctx.origin.as_ref(), resp.headers_mut());
         }
-        None => {
-            tracing::error!(request_id = ?ctx.request_id, "request handler panicked");
-            let mut r = Response::new(body::full(
-                r#"{"error":"internal_error","error_description":"internal error"}"#,
-            ));
-            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            r
+        let elapsed = started.elapsed();
+        let status = resp.status();
+        let series = ctx
+            .route
+            .as_ref()
+            .and_then(|r| rt.route_series.get(r.index))
+            .unwrap_or(&rt.no_route_series);
+        series.count(&rt.metrics, &ctx.method, status);
+        series.duration.observe(elapsed.as_secs_f64());
+        rt.access_log.write(&AccessLine {
+            level: "INFO",
+            msg: "access",
+            request_id: ctx.request_id.to_str().unwrap_or("-"),
+            remote: &conn.remote_text,
+            method: ctx.method.as_str(),
+            host: &ctx.host,
+            path: &ctx.path_for_log,
+            route: ctx.route.as_ref().map(|r| r.id.as_str()),
+            upstream: ctx.route.as_ref().map(|r| r.upstream.as_str()),
+            status: status.as_u16(),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: ctx.upstream_ms,
+            auth: &ctx.auth,
+        });
+        if http1 {
+            resp = resp.map(|b| conn.framing.count_answer(b));
         }
-    };
-    // Unique per response: HTTP/2's HPACK would enter each one in the
-    // connection's header table, evicting the entries that do repeat.
-    let mut request_id = ctx.request_id.clone();
-    request_id.set_sensitive(true);
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-    if let Some(c) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
-        cors::decorate(c, ctx.origin.as_ref(), resp.headers_mut());
+        Ok(resp)
     }
-    let elapsed = started.elapsed();
-    let status = resp.status();
-    let series = ctx
-        .route
-        .as_ref()
-        .and_then(|r| rt.route_series.get(r.index))
-        .unwrap_or(&rt.no_route_series);
-    series.count(&rt.metrics, &ctx.method, status);
-    series.duration.observe(elapsed.as_secs_f64());
-    rt.access_log.write(&AccessLine {
-        level: "INFO",
-        msg: "access",
-        request_id: ctx.request_id.to_str().unwrap_or("-"),
-        remote: &conn.remote_text,
-        method: ctx.method.as_str(),
-        host: &ctx.host,
-        path: &ctx.path_for_log,
-        route: ctx.route.as_ref().map(|r| r.id.as_str()),
-        upstream: ctx.route.as_ref().map(|r| r.upstream.as_str()),
-        status: status.as_u16(),
-        duration_ms: elapsed.as_secs_f64() * 1000.0,
-        upstream_ms: ctx.upstream_ms,
-        auth: &ctx.auth,
-    });
-    if http1 {
-        resp = resp.map(|b| conn.framing.count_answer(b));
-    }
-    Ok(resp)
 }
 
 /// Runs a request's phases so that a panic in them costs that request a 500
@@ -322,120 +332,123 @@ fn path_for_log(req: &Request<Incoming>, strip_token: bool) -> String {
     }
 }
 
-async fn phases(
-    rt: &Runtime,
-    conn: &ConnInfo,
+#[allow(clippy::manual_async_fn)] // see `handle`
+fn phases<'a>(
+    rt: &'a Runtime,
+    conn: &'a ConnInfo,
     mut req: Request<Incoming>,
-    ctx: &mut Ctx,
-) -> Result<Response<Body>, Denial> {
-    if req.version() <= Version::HTTP_11 && conn.framing.next_request_is_ambiguous() {
-        return Err(Denial::AmbiguousFraming);
-    }
-    // Normalize: size, host and path are settled before anything looks at them.
-    // (hyper enforces the limit while reading HTTP/1.1 heads, but not below 8 KiB.)
-    let head: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if head > rt.config.server.max_header_bytes {
-        return Err(Denial::HeaderTooLarge);
-    }
-    let host = client_host(&req)?;
-    ctx.host = host.clone().unwrap_or_default();
-    let path = normalize_path(req.uri().path())
-        .ok_or(Denial::BadPath)?
-        .into_owned();
-
-    // Route. A CORS preflight is routed by the method it asks about.
-    let preflight = cors::preflight_method(req.method(), req.headers());
-    let method = preflight.as_ref().unwrap_or(req.method());
-    let route = match rt.routes.lookup(&route_host(&ctx.host), &path, method) {
-        RouteMatch::Found(r) => r.clone(),
-        RouteMatch::MethodNotAllowed(allow) => return Err(Denial::MethodNotAllowed(allow)),
-        RouteMatch::NoRoute => return Err(Denial::NoRoute),
-    };
-    ctx.route = Some(route.clone());
-    if let (Some(requested), Some(c)) = (&preflight, &route.cors) {
-        return Ok(cors::answer_preflight(c, requested, req.headers()));
-    }
-    ctx.origin = req.headers().get(header::ORIGIN).cloned();
-
-    // Authenticate.
-    let presented = if route.auth == AuthMode::Public {
-        None
-    } else {
-        authenticate(rt, conn, &req, &route, ctx).await?
-    };
-
-    // Rewrite.
-    let verified = presented.as_ref().map(|(_, v)| v.clone());
-    let upgrade = requested_upgrade(req.headers(), req.version());
-    let pq = rewrite(
-        rt,
-        upgrade.clone(),
-        &path,
-        conn,
-        &mut req,
-        &route,
-        presented.as_ref().map(|(p, _)| p),
-        verified.as_deref(),
-        host.as_deref(),
-        ctx,
-    )?;
-
-    // Forward.
-    let upstream = rt
-        .upstreams
-        .get(&route.upstream)
-        .ok_or(Denial::NoHealthyEndpoint)?;
-    let client_upgrade = upgrade.map(|_| hyper::upgrade::on(&mut req));
-    let req = match route.max_body_bytes {
-        Some(max) => {
-            let declared = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max as u64) {
-                return Err(Denial::PayloadTooLarge);
-            }
-            // A body without a length is cut off at the limit mid-stream.
-            req.map(|b| Either::Right(Limited::new(b, max)))
+    ctx: &'a mut Ctx,
+) -> impl Future<Output = Result<Response<Body>, Denial>> + 'a {
+    async move {
+        if req.version() <= Version::HTTP_11 && conn.framing.next_request_is_ambiguous() {
+            return Err(Denial::AmbiguousFraming);
         }
-        None => req.map(Either::Left),
-    };
-    let sent = Instant::now();
-    let result = forward(upstream, req, pq, &conn.timer, sent).await;
-    let took = sent.elapsed();
-    ctx.upstream_ms = Some(took.as_secs_f64() * 1000.0);
-    let m = &rt.metrics;
-    match result {
-        Ok(resp) => {
-            upstream.series.count(m, resp.status());
-            upstream.series.duration.observe(took.as_secs_f64());
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(client) = client_upgrade {
-                    return Ok(splice_upgrade(client, resp, rt.upgrades.enter()));
-                }
-            }
-            let (mut parts, incoming) = resp.into_parts();
-            remove_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(parts, body::stream(incoming)))
+        // Normalize: size, host and path are settled before anything looks at them.
+        // (hyper enforces the limit while reading HTTP/1.1 heads, but not below 8 KiB.)
+        let head: usize = req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if head > rt.config.server.max_header_bytes {
+            return Err(Denial::HeaderTooLarge);
         }
-        Err(ForwardError::BodyTooLarge) => Err(Denial::PayloadTooLarge),
-        Err(e) => {
-            m.upstream_errors_total
-                .with_label_values(&[upstream.name.as_str(), e.kind()])
-                .inc();
-            Err(match e {
-                ForwardError::Timeout => Denial::UpstreamTimeout,
-                ForwardError::NoEndpoint => Denial::NoHealthyEndpoint,
-                ForwardError::Connect | ForwardError::Reset | ForwardError::BodyTooLarge => {
-                    Denial::UpstreamFailed
+        let host = client_host(&req)?;
+        ctx.host = host.clone().unwrap_or_default();
+        let path = normalize_path(req.uri().path())
+            .ok_or(Denial::BadPath)?
+            .into_owned();
+
+        // Route. A CORS preflight is routed by the method it asks about.
+        let preflight = cors::preflight_method(req.method(), req.headers());
+        let method = preflight.as_ref().unwrap_or(req.method());
+        let route = match rt.routes.lookup(&route_host(&ctx.host), &path, method) {
+            RouteMatch::Found(r) => r.clone(),
+            RouteMatch::MethodNotAllowed(allow) => return Err(Denial::MethodNotAllowed(allow)),
+            RouteMatch::NoRoute => return Err(Denial::NoRoute),
+        };
+        ctx.route = Some(route.clone());
+        if let (Some(requested), Some(c)) = (&preflight, &route.cors) {
+            return Ok(cors::answer_preflight(c, requested, req.headers()));
+        }
+        ctx.origin = req.headers().get(header::ORIGIN).cloned();
+
+        // Authenticate.
+        let presented = if route.auth == AuthMode::Public {
+            None
+        } else {
+            authenticate(rt, conn, &req, &route, ctx).await?
+        };
+
+        // Rewrite.
+        let verified = presented.as_ref().map(|(_, v)| v.clone());
+        let upgrade = requested_upgrade(req.headers(), req.version());
+        let pq = rewrite(
+            rt,
+            upgrade.clone(),
+            &path,
+            conn,
+            &mut req,
+            &route,
+            presented.as_ref().map(|(p, _)| p),
+            verified.as_deref(),
+            host.as_deref(),
+            ctx,
+        )?;
+
+        // Forward.
+        let upstream = rt
+            .upstreams
+            .get(&route.upstream)
+            .ok_or(Denial::NoHealthyEndpoint)?;
+        let client_upgrade = upgrade.map(|_| hyper::upgrade::on(&mut req));
+        let req = match route.max_body_bytes {
+            Some(max) => {
+                let declared = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|n| n > max as u64) {
+                    return Err(Denial::PayloadTooLarge);
                 }
-            })
+                // A body without a length is cut off at the limit mid-stream.
+                req.map(|b| Either::Right(Limited::new(b, max)))
+            }
+            None => req.map(Either::Left),
+        };
+        let sent = Instant::now();
+        let result = forward(upstream, req, pq, &conn.timer, sent).await;
+        let took = sent.elapsed();
+        ctx.upstream_ms = Some(took.as_secs_f64() * 1000.0);
+        let m = &rt.metrics;
+        match result {
+            Ok(resp) => {
+                upstream.series.count(m, resp.status());
+                upstream.series.duration.observe(took.as_secs_f64());
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client) = client_upgrade {
+                        return Ok(splice_upgrade(client, resp, rt.upgrades.enter()));
+                    }
+                }
+                let (mut parts, incoming) = resp.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                Ok(Response::from_parts(parts, body::stream(incoming)))
+            }
+            Err(ForwardError::BodyTooLarge) => Err(Denial::PayloadTooLarge),
+            Err(e) => {
+                m.upstream_errors_total
+                    .with_label_values(&[upstream.name.as_str(), e.kind()])
+                    .inc();
+                Err(match e {
+                    ForwardError::Timeout => Denial::UpstreamTimeout,
+                    ForwardError::NoEndpoint => Denial::NoHealthyEndpoint,
+                    ForwardError::Connect | ForwardError::Reset | ForwardError::BodyTooLarge => {
+                        Denial::UpstreamFailed
+                    }
+                })
+            }
         }
     }
 }

@@ -47,40 +47,44 @@ pub(super) fn body_limit_hit(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Sends `req`; the upstream has `response_timeout` from `started` to answer.
-pub async fn forward(
-    up: &Upstream,
+/// (An `async move` block, not an `async fn`: see `pipeline::handle`.)
+#[allow(clippy::manual_async_fn)] // see `handle`
+pub fn forward<'a>(
+    up: &'a Upstream,
     mut req: Request<UpstreamBody>,
     path_and_query: PathAndQuery,
-    timer: &Arc<TimerSlot>,
+    timer: &'a Arc<TimerSlot>,
     started: std::time::Instant,
-) -> Result<Response<PooledBody>, ForwardError> {
-    let idx = up.pick().ok_or(ForwardError::NoEndpoint)?;
-    let ep = &up.endpoints[idx];
-    // Origin form on the wire; the endpoint's authority stands in for a missing Host.
-    *req.uri_mut() = Uri::from(path_and_query);
-    if !req.headers().contains_key(header::HOST) {
-        req.headers_mut().insert(header::HOST, ep.host.clone());
-    }
-    // Upstreams are spoken to in HTTP/1.1 whatever the client used.
-    *req.version_mut() = Version::HTTP_11;
-    // Pinned where it is: moving the send future into the timeout copied it
-    // (about a kilobyte) on every request.
-    let sent = std::pin::pin!(ep.pool.send(&up.connector, &ep.uri, req));
-    let deadline = tokio::time::Instant::from_std(started) + up.response_timeout;
-    match timer.within(deadline, sent).await {
-        None => Err(ForwardError::Timeout),
-        Some(Ok(resp)) => Ok(resp),
-        Some(Err(SendError::Connect(e))) => {
-            up.eject(idx);
-            tracing::warn!(upstream = %up.name, "connect failed: {}", crate::auth::fetch::error_chain(&*e));
-            Err(ForwardError::Connect)
+) -> impl std::future::Future<Output = Result<Response<PooledBody>, ForwardError>> + 'a {
+    async move {
+        let idx = up.pick().ok_or(ForwardError::NoEndpoint)?;
+        let ep = &up.endpoints[idx];
+        // Origin form on the wire; the endpoint's authority stands in for a missing Host.
+        *req.uri_mut() = Uri::from(path_and_query);
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, ep.host.clone());
         }
-        Some(Err(SendError::Request(ExchangeError::BodyTooLarge))) => {
-            Err(ForwardError::BodyTooLarge)
-        }
-        Some(Err(SendError::Request(e))) => {
-            tracing::warn!(upstream = %up.name, "upstream failed: {e}");
-            Err(ForwardError::Reset)
+        // Upstreams are spoken to in HTTP/1.1 whatever the client used.
+        *req.version_mut() = Version::HTTP_11;
+        // Pinned where it is: moving the send future into the timeout copied it
+        // (about a kilobyte) on every request.
+        let sent = std::pin::pin!(ep.pool.send(&up.connector, &ep.uri, req));
+        let deadline = tokio::time::Instant::from_std(started) + up.response_timeout;
+        match timer.within(deadline, sent).await {
+            None => Err(ForwardError::Timeout),
+            Some(Ok(resp)) => Ok(resp),
+            Some(Err(SendError::Connect(e))) => {
+                up.eject(idx);
+                tracing::warn!(upstream = %up.name, "connect failed: {}", crate::auth::fetch::error_chain(&*e));
+                Err(ForwardError::Connect)
+            }
+            Some(Err(SendError::Request(ExchangeError::BodyTooLarge))) => {
+                Err(ForwardError::BodyTooLarge)
+            }
+            Some(Err(SendError::Request(e))) => {
+                tracing::warn!(upstream = %up.name, "upstream failed: {e}");
+                Err(ForwardError::Reset)
+            }
         }
     }
 }

@@ -263,7 +263,9 @@ async fn serve_auto<T>(
     let rt = ctx.runtime.clone();
     let remote = info.remote;
     let builder = http_builder(cfg, ConnTimer(info.timer.clone()));
-    let svc = service_fn(move |req| handle(rt.load_full(), info.clone(), req));
+    // Boxed: hyper runs each HTTP/2 stream as a task of its own, and moved
+    // the request's whole future (about 2 KB) on its way into the task.
+    let svc = service_fn(move |req| Box::pin(handle(rt.load_full(), info.clone(), req)));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = drain.watch(conn.into_owned()).await {
         tracing::debug!(%remote, "connection ended: {e}");
