@@ -740,17 +740,31 @@ fn rewrite(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, h);
+    if let Some(h) = host {
+        // Over HTTP/1 the host is the client's Host value: shared, not parsed again.
+        let value = match headers.get(header::HOST) {
+            Some(v) if v.as_bytes() == h.as_bytes() => Some(v.clone()),
+            _ => HeaderValue::from_str(h).ok(),
+        };
+        if let Some(v) = value {
+            headers.insert(X_FORWARDED_HOST.clone(), v.clone());
+            if !headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, v);
+            }
         }
     }
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
 
     // The upstream gets the path as routed (unreserved escapes decoded).
+    let strip_query = rt.config.token.query || !route.forward_authorization;
+    if req.uri().path() == path && (req.uri().query().is_none() || !strip_query) {
+        // Unchanged: the request's own, shared rather than written and parsed again.
+        if let Some(pq) = req.uri().path_and_query() {
+            return Ok(pq.clone());
+        }
+    }
     let pq = match req.uri().query() {
-        Some(q) if rt.config.token.query || !route.forward_authorization => {
+        Some(q) if strip_query => {
             let q = token::strip_access_token(q);
             if q.is_empty() {
                 path.to_string()

@@ -157,11 +157,14 @@ pub fn extract(
     if auth.next().is_some() {
         return Err(Denial::InvalidRequest("more than one Authorization header"));
     }
-    let mut found: Vec<Presented> = Vec::with_capacity(1);
+    // At most one may be found; a second is an error, so nothing is collected.
+    let mut found: Option<Presented> = None;
+    let mut places = 0;
     if cfg.header {
         if let Some(v) = first {
             if let Some((token, dpop_scheme)) = from_authorization(v.as_bytes())? {
-                found.push(Presented {
+                places += 1;
+                found = Some(Presented {
                     token,
                     source: TokenSource::Header,
                     dpop_scheme,
@@ -171,7 +174,8 @@ pub fn extract(
     }
     if let Some(name) = &cfg.cookie {
         if let Some(token) = from_cookies(headers, name)? {
-            found.push(Presented {
+            places += 1;
+            found = Some(Presented {
                 token,
                 source: TokenSource::Cookie,
                 dpop_scheme: false,
@@ -180,19 +184,20 @@ pub fn extract(
     }
     if cfg.query {
         if let Some(token) = uri.query().map(from_query).transpose()?.flatten() {
-            found.push(Presented {
+            places += 1;
+            found = Some(Presented {
                 token,
                 source: TokenSource::Query,
                 dpop_scheme: false,
             });
         }
     }
-    if found.len() > 1 {
+    if places > 1 {
         return Err(Denial::InvalidRequest(
             "a token is presented in more than one place",
         ));
     }
-    Ok(found.pop())
+    Ok(found)
 }
 
 #[cfg(test)]

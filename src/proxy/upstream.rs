@@ -120,14 +120,26 @@ impl Upstream {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// The next endpoint in round-robin order that is not ejected.
+    /// The next endpoint in round-robin order that is not ejected. The clock
+    /// is read only when an endpoint has been ejected, not on every request.
     pub fn pick(&self) -> Option<usize> {
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = self.now_ms();
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|i| self.endpoints[*i].ejected_until.load(Ordering::Relaxed) <= now)
+        let mut now = None;
+        (0..n).map(|i| (start + i) % n).find(|i| {
+            let ejected_until = &self.endpoints[*i].ejected_until;
+            let until = ejected_until.load(Ordering::Relaxed);
+            if until == 0 {
+                return true;
+            }
+            if until > *now.get_or_insert_with(|| self.now_ms()) {
+                return false;
+            }
+            // Served its time: back to the path without a clock read, unless
+            // it was ejected again meanwhile.
+            let _ = ejected_until.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+            true
+        })
     }
 
     pub fn eject(&self, idx: usize) {
@@ -144,3 +156,40 @@ impl Upstream {
 }
 
 pub type Upstreams = std::collections::HashMap<String, Arc<Upstream>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_endpoints() -> Upstream {
+        let cfg = UpstreamConfig {
+            name: "u".into(),
+            endpoints: vec![
+                "http://127.0.0.1:1".parse().unwrap(),
+                "http://127.0.0.1:2".parse().unwrap(),
+            ],
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            tls: None,
+        };
+        Upstream::new(&cfg, &Metrics::new()).unwrap()
+    }
+
+    #[test]
+    fn an_ejected_endpoint_is_skipped_until_its_time_is_served() {
+        let up = two_endpoints();
+        up.eject(0);
+        for _ in 0..4 {
+            assert_eq!(up.pick(), Some(1));
+        }
+        up.eject(1);
+        assert_eq!(up.pick(), None, "every endpoint ejected");
+        // Endpoint 0's time is up: it is picked again and its mark cleared.
+        up.endpoints[0].ejected_until.store(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(up.pick(), Some(0));
+        assert_eq!(up.endpoints[0].ejected_until.load(Ordering::Relaxed), 0);
+        assert_eq!(up.pick(), Some(0));
+    }
+}
