@@ -5,6 +5,7 @@
 //! once, and the algorithm used is chosen from the key and the issuer's
 //! allowlist, never from the token. `jsonwebtoken` does the signature check.
 
+use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,6 +15,7 @@ use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
 use moka::sync::Cache;
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::digest_key::DigestKey;
@@ -62,6 +64,87 @@ impl Failure {
             kid: None,
             alg: None,
         }
+    }
+}
+
+/// The JOSE header members this gateway acts on, read without building a
+/// map of all of them (a first-seen token's header cost six allocations).
+/// They are judged as a map's would be: of repeated names the last counts,
+/// and a member of the wrong type reads as absent or wrong, as before.
+#[derive(Default)]
+struct JoseHeader {
+    alg: Option<Value>,
+    kid: Option<Value>,
+    typ: Option<Value>,
+    crit: bool,
+    b64: bool,
+}
+
+enum JoseMember {
+    Alg,
+    Kid,
+    Typ,
+    Crit,
+    B64,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for JoseMember {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = JoseMember;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            // Escaped names arrive here decoded, as a map's keys would be.
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<JoseMember, E> {
+                Ok(match name {
+                    "alg" => JoseMember::Alg,
+                    "kid" => JoseMember::Kid,
+                    "typ" => JoseMember::Typ,
+                    "crit" => JoseMember::Crit,
+                    "b64" => JoseMember::B64,
+                    _ => JoseMember::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(Name)
+    }
+}
+
+impl<'de> Deserialize<'de> for JoseHeader {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = JoseHeader;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JOSE header object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<JoseHeader, A::Error> {
+                let mut h = JoseHeader::default();
+                while let Some(member) = m.next_key::<JoseMember>()? {
+                    match member {
+                        JoseMember::Alg => h.alg = Some(m.next_value()?),
+                        JoseMember::Kid => h.kid = Some(m.next_value()?),
+                        JoseMember::Typ => h.typ = Some(m.next_value()?),
+                        JoseMember::Crit => {
+                            m.next_value::<IgnoredAny>()?;
+                            h.crit = true;
+                        }
+                        JoseMember::B64 => {
+                            m.next_value::<IgnoredAny>()?;
+                            h.b64 = true;
+                        }
+                        JoseMember::Other => {
+                            m.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(h)
+            }
+        }
+        d.deserialize_map(Members)
     }
 }
 
@@ -235,20 +318,20 @@ impl Verifier {
                 "token is not a JWS compact JWT",
             )));
         }
-        let header: Map<String, Value> = URL_SAFE_NO_PAD
+        let header: JoseHeader = URL_SAFE_NO_PAD
             .decode(h64)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| Failure::new(Denial::Malformed("token header is not base64url JSON")))?;
-        let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("");
-        let kid = header.get("kid").and_then(Value::as_str);
+        let alg_name = header.alg.as_ref().and_then(Value::as_str).unwrap_or("");
+        let kid = header.kid.as_ref().and_then(Value::as_str);
         let fail = |d: Denial, issuer: Option<usize>| Failure {
             denial: d,
             issuer,
             kid: kid.map(str::to_string),
             alg: Some(alg_name.chars().take(16).collect()),
         };
-        if header.contains_key("crit") {
+        if header.crit {
             return Err(fail(
                 Denial::Malformed(
                     "token has critical header parameters this gateway does not understand",
@@ -256,13 +339,13 @@ impl Verifier {
                 None,
             ));
         }
-        if header.get("b64").is_some() {
+        if header.b64 {
             return Err(fail(
                 Denial::Malformed("unencoded payloads are not accepted"),
                 None,
             ));
         }
-        match header.get("typ") {
+        match &header.typ {
             None => {}
             Some(Value::String(t)) if typ_accepted(t) => {}
             Some(_) => {
@@ -395,6 +478,34 @@ mod tests {
     use crate::cli::jwk::{generate, public_jwk};
     use crate::cli::mint::{claims, Signer};
     use crate::config::Config;
+
+    /// The header reader must judge every header as the map it replaced did.
+    #[test]
+    fn the_header_is_read_as_a_map_of_it_would_be() {
+        let headers = [
+            r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#,
+            r#"{"alg":"none","alg":"RS256","kid":"a","kid":"b"}"#,
+            r#"{"\u0061lg":"ES256","k\u0069d":"k\"2","typ":"at+jwt"}"#,
+            r#"{"alg":7,"kid":null,"typ":["JWT"],"b64":null,"x":{"y":[1,{"z":2}]}}"#,
+            r#"{"alg":"RS256","crit":["exp"],"b64":false}"#,
+            r#"{}"#,
+        ];
+        for text in headers {
+            let map: Map<String, Value> = serde_json::from_str(text).unwrap();
+            let read: JoseHeader = serde_json::from_str(text).unwrap();
+            assert_eq!(read.alg.as_ref(), map.get("alg"), "{text}");
+            assert_eq!(read.kid.as_ref(), map.get("kid"), "{text}");
+            assert_eq!(read.typ.as_ref(), map.get("typ"), "{text}");
+            assert_eq!(read.crit, map.contains_key("crit"), "{text}");
+            assert_eq!(read.b64, map.contains_key("b64"), "{text}");
+        }
+        for not_an_object in ["[1]", r#""alg""#, r#"{"alg":"RS256""#, r#"{"alg":}"#, ""] {
+            assert!(
+                serde_json::from_str::<JoseHeader>(not_an_object).is_err(),
+                "{not_an_object}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_token_under_another_tokens_cache_key_is_verified_on_its_own() {
