@@ -91,6 +91,12 @@ impl IssuerKeys {
     }
 
     fn is_stale(&self) -> bool {
+        self.stale_at(unix_now)
+    }
+
+    /// Whether the keys are past `stale_for` at `now` (unix seconds, asked
+    /// only for keys fetched from a URL).
+    fn stale_at(&self, now: impl FnOnce() -> u64) -> bool {
         if matches!(
             self.config.keys,
             KeySource::Secret(_) | KeySource::JwksFile(_)
@@ -98,7 +104,19 @@ impl IssuerKeys {
             return false;
         }
         let last = self.last_success.load(Ordering::Acquire);
-        last != 0 && unix_now().saturating_sub(last) >= self.config.stale_for.as_secs()
+        last != 0 && now().saturating_sub(last) >= self.config.stale_for.as_secs()
+    }
+
+    /// Whether the key with this fingerprint is still usable at `now` (unix
+    /// seconds): what a cached verification asks on every hit, answered
+    /// without taking a reference to the key set or reading the clock again.
+    pub fn holds_key(&self, fingerprint: u64, now: u64) -> bool {
+        !self.stale_at(|| now)
+            && self
+                .current
+                .load()
+                .as_ref()
+                .is_some_and(|k| k.contains(fingerprint))
     }
 
     pub fn loaded_once(&self) -> bool {

@@ -294,12 +294,11 @@ impl Verifier {
             return false;
         };
         let leeway = issuer.config.leeway.as_secs();
-        if now_unix() > v.exp.saturating_add(leeway) {
+        let now = now_unix();
+        if now > v.exp.saturating_add(leeway) {
             return false;
         }
-        issuer
-            .current()
-            .is_some_and(|k| k.contains(v.key_fingerprint))
+        issuer.holds_key(v.key_fingerprint, now)
     }
 
     pub async fn verify_uncached(&self, token: &str) -> Result<Verified, Failure> {
