@@ -15,7 +15,8 @@ use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
 use moka::sync::Cache;
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::digest_key::DigestKey;
@@ -80,37 +81,17 @@ struct JoseHeader {
     b64: bool,
 }
 
+/// A header member's name; escaped names arrive decoded, as a map's keys would.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
 enum JoseMember {
     Alg,
     Kid,
     Typ,
     Crit,
     B64,
+    #[serde(other)]
     Other,
-}
-
-impl<'de> Deserialize<'de> for JoseMember {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Name;
-        impl Visitor<'_> for Name {
-            type Value = JoseMember;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a member name")
-            }
-            // Escaped names arrive here decoded, as a map's keys would be.
-            fn visit_str<E: de::Error>(self, name: &str) -> Result<JoseMember, E> {
-                Ok(match name {
-                    "alg" => JoseMember::Alg,
-                    "kid" => JoseMember::Kid,
-                    "typ" => JoseMember::Typ,
-                    "crit" => JoseMember::Crit,
-                    "b64" => JoseMember::B64,
-                    _ => JoseMember::Other,
-                })
-            }
-        }
-        d.deserialize_identifier(Name)
-    }
 }
 
 impl<'de> Deserialize<'de> for JoseHeader {
