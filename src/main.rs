@@ -132,17 +132,16 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 /// second before it releases them, and only releases them when it is next
 /// called: after a burst (10,000 connections each sending a request, say) a
 /// gateway that then sits idle kept the burst's peak, about 8 MB of
-/// 10,000 connections' 33 MB, for as long as it stayed idle. The clock is read
-/// once per park, not per request.
+/// 10,000 connections' 33 MB, for as long as it stayed idle. The coarse clock
+/// is read once per park, not per request.
 fn release_freed_memory() {
     use std::cell::Cell;
-    use std::time::{Duration, Instant};
     thread_local! {
-        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+        static LAST: Cell<Option<u64>> = const { Cell::new(None) };
     }
-    let now = Instant::now();
+    let now = portcullis::clock::coarse_millis();
     let due = LAST.with(|last| match last.get() {
-        Some(t) if now.duration_since(t) < Duration::from_secs(1) => false,
+        Some(t) if now.saturating_sub(t) < 1000 => false,
         _ => {
             last.set(Some(now));
             true

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Runtime;
 use crate::proxy::assertion::Assertions;
 use crate::proxy::headers::IdentityPlan;
-use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::{Upstream, Upstreams};
 use crate::revocation::Revocations;
 use crate::route::RouteTable;
 use crate::series::RouteSeries;
@@ -224,7 +224,7 @@ pub async fn build_runtime(shared: &Shared, config: Arc<Config>) -> Result<Runti
         Some(f) => Some(crate::config::read_secret(f)?),
         None => None,
     };
-    let mut upstreams = HashMap::new();
+    let mut upstreams = Upstreams::default();
     for (name, u) in &config.upstreams {
         let up = Upstream::new(u, &shared.metrics).map_err(|e| format!("upstream.{name}: {e}"))?;
         upstreams.insert(name.clone(), Arc::new(up));

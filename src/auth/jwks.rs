@@ -179,9 +179,9 @@ impl VerifyKey {
     /// Checks a signature (raw bytes) over `message` with this key and `alg`.
     pub fn verify(&self, alg: Algorithm, message: &[u8], signature_b64: &str) -> bool {
         match self.parsed.iter().find(|(a, _)| *a == alg) {
-            Some((_, key)) => match URL_SAFE_NO_PAD.decode(signature_b64) {
-                Ok(sig) => key.verify_sig(message, &sig).is_ok(),
-                Err(_) => false,
+            Some((_, key)) => match super::segment::decode(signature_b64) {
+                Some(sig) => key.verify_sig(message, &sig).is_ok(),
+                None => false,
             },
             // HMAC keys are shared secrets: jsonwebtoken compares in constant time.
             None => matches!(

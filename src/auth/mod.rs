@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod jwks;
 pub mod keys;
 pub mod policy;
+pub mod segment;
 pub mod token;
 pub mod trace;
 pub mod verify;

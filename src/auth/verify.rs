@@ -10,8 +10,6 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
 use moka::sync::Cache;
@@ -22,6 +20,7 @@ use serde_json::{Map, Value};
 use super::digest_key::DigestKey;
 use super::doorkeeper::Doorkeeper;
 use super::keys::IssuerKeys;
+use super::segment;
 use crate::denial::Denial;
 use crate::metrics::Metrics;
 
@@ -275,7 +274,8 @@ impl Verifier {
             return false;
         };
         let leeway = issuer.config.leeway.as_secs();
-        let now = now_unix();
+        // Coarse: it can only lag, which keeps a token a tick past its second.
+        let now = crate::clock::coarse_unix_secs();
         if now > v.exp.saturating_add(leeway) {
             return false;
         }
@@ -283,10 +283,7 @@ impl Verifier {
     }
 
     pub async fn verify_uncached(&self, token: &str) -> Result<Verified, Failure> {
-        let mut parts = token.split('.');
-        let (Some(h64), Some(p64), Some(s64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let Some((h64, p64, s64)) = segment::split(token) else {
             return Err(Failure::new(Denial::Malformed(
                 "token is not a JWS compact JWT",
             )));
@@ -298,9 +295,7 @@ impl Verifier {
                 "token is not a JWS compact JWT",
             )));
         }
-        let header: JoseHeader = URL_SAFE_NO_PAD
-            .decode(h64)
-            .ok()
+        let header: JoseHeader = segment::decode(h64)
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| Failure::new(Denial::Malformed("token header is not base64url JSON")))?;
         let alg_name = header.alg.as_ref().and_then(Value::as_str).unwrap_or("");
@@ -339,9 +334,7 @@ impl Verifier {
             Ok(a) => a,
             Err(_) => return Err(fail(Denial::DisallowedAlg, None)),
         };
-        let claims: Map<String, Value> = URL_SAFE_NO_PAD
-            .decode(p64)
-            .ok()
+        let claims: Map<String, Value> = segment::decode(p64)
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| {
                 fail(

@@ -155,7 +155,9 @@ impl Upstream {
     }
 }
 
-pub type Upstreams = std::collections::HashMap<String, Arc<Upstream>>;
+/// Looked up by name on every request: foldhash, not SipHash (a table built
+/// from the operator's configuration has no attacker-chosen keys).
+pub type Upstreams = std::collections::HashMap<String, Arc<Upstream>, foldhash::fast::RandomState>;
 
 #[cfg(test)]
 mod tests {

@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BoxError};
+use crate::clock;
 
 /// What the watcher tells the handler, shared per connection.
 #[derive(Debug)]
@@ -467,7 +468,8 @@ pin_project! {
         park_when_idle: bool,
         parked: bool,
         write_pending: bool,
-        last_read: Instant,
+        // Coarse milliseconds (`clock::coarse_millis`), read once per read.
+        last_read: u64,
         park_timer: Option<Pin<Box<Sleep>>>,
     }
 }
@@ -478,6 +480,12 @@ pin_project! {
 /// and resuming is paid only by connections that are really idle.
 pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
+/// How much longer a connection last read from at `last_read` must stay quiet to park.
+fn park_left(last_read: u64) -> Duration {
+    let quiet = Duration::from_millis(clock::coarse_millis().saturating_sub(last_read));
+    PARK_AFTER.saturating_sub(quiet)
+}
+
 impl<T> Watched<T> {
     pub fn new(inner: T, watch: FramingWatch) -> Self {
         Watched {
@@ -486,7 +494,7 @@ impl<T> Watched<T> {
             park_when_idle: false,
             parked: false,
             write_pending: false,
-            last_read: Instant::now(),
+            last_read: clock::coarse_millis(),
             park_timer: None,
         }
     }
@@ -526,28 +534,28 @@ impl<T: AsyncRead> AsyncRead for Watched<T> {
             Poll::Pending
                 if *this.park_when_idle && !*this.write_pending && this.watch.at_boundary() =>
             {
-                let due = *this.last_read + PARK_AFTER;
+                let last_read = *this.last_read;
                 let timer = this
                     .park_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(park_left(last_read))));
                 // Re-armed only when it fires early, so a busy connection
                 // touches the timer wheel about once per PARK_AFTER.
                 loop {
                     if timer.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    let due = *this.last_read + PARK_AFTER;
-                    if Instant::now() >= due {
+                    let left = park_left(*this.last_read);
+                    if left.is_zero() {
                         *this.parked = true;
                         *this.park_timer = None;
                         return Poll::Ready(Ok(()));
                     }
-                    timer.as_mut().reset(due);
+                    timer.as_mut().reset(Instant::now() + left);
                 }
             }
             r => {
                 if buf.filled().len() > before {
-                    *this.last_read = Instant::now();
+                    *this.last_read = clock::coarse_millis();
                     if this.watch.state != State::Off {
                         this.watch.feed(&buf.filled()[before..]);
                     }

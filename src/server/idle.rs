@@ -1,8 +1,8 @@
 //! `idle_timeout`: a connection on which no byte moves, in either direction,
 //! for that long is closed. The timer is checked whenever the connection waits
 //! to read or write, which is exactly when it is idle. Activity only stamps a
-//! time; the timer is re-armed when it fires early, so busy connections do not
-//! touch the timer wheel on every read and write.
+//! time, on the coarse clock; the timer is re-armed when it fires early, so
+//! busy connections do not touch the timer wheel on every read and write.
 
 use std::future::Future;
 use std::io;
@@ -14,6 +14,8 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::clock;
+
 pin_project! {
     pub struct IdleIo<T> {
         #[pin]
@@ -22,7 +24,9 @@ pin_project! {
         // The waker the timer holds, while it has not fired.
         armed: Option<Waker>,
         timeout: Duration,
-        last_activity: Instant,
+        // Coarse milliseconds (`clock::coarse_millis`): a precise reading on
+        // every read and write cost two clock reads per request.
+        last_activity: u64,
     }
 }
 
@@ -33,7 +37,7 @@ impl<T> IdleIo<T> {
             timer: Box::pin(tokio::time::sleep(timeout)),
             armed: None,
             timeout,
-            last_activity: Instant::now(),
+            last_activity: clock::coarse_millis(),
         }
     }
 
@@ -50,7 +54,7 @@ impl<T> IdleIo<T> {
 fn idle_for_too_long(
     timer: &mut Pin<Box<Sleep>>,
     armed: &mut Option<Waker>,
-    last: Instant,
+    last: u64,
     timeout: Duration,
     cx: &mut Context<'_>,
 ) -> bool {
@@ -65,12 +69,12 @@ fn idle_for_too_long(
             }
             return false;
         }
-        let due = last + timeout;
-        if Instant::now() >= due {
+        let idle = Duration::from_millis(clock::coarse_millis().saturating_sub(last));
+        let Some(left) = timeout.checked_sub(idle).filter(|d| !d.is_zero()) else {
             *armed = None;
             return true;
-        }
-        timer.as_mut().reset(due);
+        };
+        timer.as_mut().reset(Instant::now() + left);
     }
 }
 
@@ -89,7 +93,7 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    *this.last_activity = Instant::now();
+                    *this.last_activity = clock::coarse_millis();
                 }
                 Poll::Ready(Ok(()))
             }
@@ -119,7 +123,7 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
         match this.inner.poll_write(cx, data) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    *this.last_activity = Instant::now();
+                    *this.last_activity = clock::coarse_millis();
                 }
                 Poll::Ready(Ok(n))
             }
@@ -155,7 +159,7 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
         match this.inner.poll_write_vectored(cx, bufs) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    *this.last_activity = Instant::now();
+                    *this.last_activity = clock::coarse_millis();
                 }
                 Poll::Ready(Ok(n))
             }
