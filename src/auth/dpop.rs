@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::jwks::{public_key, thumbprint};
+use super::segment;
 use super::verify::now_unix;
 use crate::denial::Denial;
 
@@ -99,17 +100,11 @@ pub fn check_proof(
     leeway: Duration,
     replay: &ReplayCache,
 ) -> Result<Map<String, Value>, Denial> {
-    let mut parts = proof.split('.');
-    let (Some(h64), Some(p64), Some(s64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Some((h64, p64, s64)) = segment::split(proof) else {
         return Err(bad("DPoP proof is not a JWT"));
     };
-    let header: Map<String, Value> = URL_SAFE_NO_PAD
-        .decode(h64)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(bad("DPoP proof header is not base64url JSON"))?;
+    let header: Map<String, Value> =
+        segment::decode_json(h64).ok_or(bad("DPoP proof header is not base64url JSON"))?;
     if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
         return Err(bad("DPoP proof typ is not dpop+jwt"));
     }
@@ -142,11 +137,8 @@ pub fn check_proof(
     if thumb != jkt {
         return Err(bad("DPoP proof key does not match the token's cnf.jkt"));
     }
-    let claims: Map<String, Value> = URL_SAFE_NO_PAD
-        .decode(p64)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(bad("DPoP proof payload is not base64url JSON"))?;
+    let claims: Map<String, Value> =
+        segment::decode_json(p64).ok_or(bad("DPoP proof payload is not base64url JSON"))?;
     let s = |k: &str| claims.get(k).and_then(Value::as_str);
     if s("htm") != Some(target.method) {
         return Err(bad("DPoP proof htm does not match the request method"));

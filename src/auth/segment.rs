@@ -28,6 +28,14 @@ pub fn decode(segment: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// A segment decoded and read as JSON. The bytes are checked as UTF-8 once,
+/// as a whole: `serde_json::from_slice` checked each string on its own, which
+/// cost more than the check of the whole segment.
+pub fn decode_json<T: serde::de::DeserializeOwned>(segment: &str) -> Option<T> {
+    let text = String::from_utf8(decode(segment)?).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +73,26 @@ mod tests {
         ];
         for case in cases {
             assert_eq!(decode(case), URL_SAFE_NO_PAD.decode(case).ok(), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn json_is_refused_where_reading_the_bytes_refused_it() {
+        let cases: [&[u8]; 6] = [
+            br#"{"sub":"alice","n":1}"#,
+            b"{\"sub\":\"\xff\"}",
+            b"{\"sub\":\"caf\xc3\xa9\"}",
+            b"{\"\xc3\":1}",
+            b"{\"a\":1}\xff",
+            br#"{"a":"\u00e9"}"#,
+        ];
+        for bytes in cases {
+            let read: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
+            assert_eq!(
+                decode_json(&URL_SAFE_NO_PAD.encode(bytes)),
+                read,
+                "{bytes:?}"
+            );
         }
     }
 

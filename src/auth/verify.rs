@@ -295,8 +295,7 @@ impl Verifier {
                 "token is not a JWS compact JWT",
             )));
         }
-        let header: JoseHeader = segment::decode(h64)
-            .and_then(|b| serde_json::from_slice(&b).ok())
+        let header: JoseHeader = segment::decode_json(h64)
             .ok_or_else(|| Failure::new(Denial::Malformed("token header is not base64url JSON")))?;
         let alg_name = header.alg.as_ref().and_then(Value::as_str).unwrap_or("");
         let kid = header.kid.as_ref().and_then(Value::as_str);
@@ -334,14 +333,12 @@ impl Verifier {
             Ok(a) => a,
             Err(_) => return Err(fail(Denial::DisallowedAlg, None)),
         };
-        let claims: Map<String, Value> = segment::decode(p64)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| {
-                fail(
-                    Denial::Malformed("token payload is not base64url JSON"),
-                    None,
-                )
-            })?;
+        let claims: Map<String, Value> = segment::decode_json(p64).ok_or_else(|| {
+            fail(
+                Denial::Malformed("token payload is not base64url JSON"),
+                None,
+            )
+        })?;
         let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
         let Some(idx) = self.issuers.iter().position(|i| i.config.issuer == iss) else {
             return Err(fail(Denial::WrongIssuer, None));
