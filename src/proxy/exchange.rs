@@ -373,10 +373,13 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ExchangeError> {
     // Room for the headers the gateway adds to the response (x-request-id, CORS).
     let mut map = HeaderMap::with_capacity(resp.headers.len() + 8);
     let mut close = version == Version::HTTP_10;
+    // The values share one copy of the head: one allocation per response,
+    // where a copy per value cost one per header.
+    let shared = Bytes::copy_from_slice(&buf[..len]);
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| ExchangeError::Protocol("invalid response header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
+        let value = HeaderValue::from_maybe_shared(within(&shared, buf, h.value))
             .map_err(|_| ExchangeError::Protocol("invalid response header value"))?;
         if name == header::CONNECTION {
             for token in value.to_str().unwrap_or("").split(',') {
@@ -395,6 +398,16 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ExchangeError> {
     parts.version = version;
     parts.headers = map;
     Ok(Some(((parts, !close), len)))
+}
+
+/// `part` (a slice of `buf`) as a slice of `shared`, a copy of `buf`'s front.
+fn within(shared: &Bytes, buf: &[u8], part: &[u8]) -> Bytes {
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if end <= shared.len() && !part.is_empty() => shared.slice(start..end),
+        // Empty, or (never, from httparse) outside the head: a copy of its own.
+        _ => Bytes::copy_from_slice(part),
+    }
 }
 
 /// The body's delimitation, from the status, the request method and the headers.
@@ -804,6 +817,24 @@ mod tests {
             let got = framing_of(head, *head_request).ok();
             assert_eq!(got, *want, "{head:?}");
         }
+    }
+
+    #[test]
+    fn header_values_are_read_from_one_copy_of_the_head() {
+        let head = b"HTTP/1.1 200 OK\r\nServer: up\r\nX-Empty:\r\nX-Spaced:  a b \r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nbody";
+        let ((p, keep), len) = parse_head(head).unwrap().expect("complete");
+        assert_eq!(len, head.len() - 4);
+        assert!(keep);
+        let h = &p.headers;
+        assert_eq!(h["server"], "up");
+        assert_eq!(h["x-empty"], "");
+        assert_eq!(h["x-spaced"], "a b");
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        // A value that is not in the head is copied, never sliced out of place.
+        let shared = Bytes::from_static(b"abc");
+        assert_eq!(within(&shared, b"xyz", b"zz"), "zz");
+        assert_eq!(within(&shared, b"abc", &b"abc"[1..]), "bc");
     }
 
     #[test]
