@@ -196,13 +196,19 @@ fn client_host(req: &Request<Incoming>) -> Result<Option<String>, Denial> {
 }
 
 /// The host for routing: lower case, without port.
-fn route_host(host: &str) -> String {
+fn route_host(host: &str) -> std::borrow::Cow<'_, str> {
     let h = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
-    h.trim_end_matches('.').to_ascii_lowercase()
+    let h = h.trim_end_matches('.');
+    // Usually already lower case: then it is borrowed, not copied.
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        h.to_ascii_lowercase().into()
+    } else {
+        h.into()
+    }
 }
 
 /// Entry point for every request on a gateway listener.
@@ -354,8 +360,13 @@ fn phases<'a>(
         if head > rt.config.server.max_header_bytes {
             return Err(Denial::HeaderTooLarge);
         }
-        let host = client_host(&req)?;
-        ctx.host = host.clone().unwrap_or_default();
+        let host_given = match client_host(&req)? {
+            Some(h) => {
+                ctx.host = h;
+                true
+            }
+            None => false,
+        };
         let path = normalize_path(req.uri().path())
             .ok_or(Denial::BadPath)?
             .into_owned();
@@ -393,7 +404,7 @@ fn phases<'a>(
             &route,
             presented.as_ref().map(|(p, _)| p),
             verified.as_deref(),
-            host.as_deref(),
+            host_given.then_some(ctx.host.as_str()),
             ctx,
         )?;
 
@@ -692,6 +703,9 @@ fn rewrite(
         .iter()
         .any(|n| n.contains(conn.remote.ip()));
     let headers = req.headers_mut();
+    // Room for what is added below (forwarded-for/proto/host, request id,
+    // identity): one growth of the map, not one per power of two on the way.
+    headers.reserve(8);
     remove_hop_by_hop(headers);
     let prior_xff: Option<String> = if trusted {
         let parts: Vec<&str> = headers
