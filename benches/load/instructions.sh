@@ -124,7 +124,38 @@ measure() {
     python3 "$WORK/requests.py" "$PORT" "$requests" "$TOKENS"
     kill -INT "$pid"
     wait "$pid" 2>/dev/null || true
-    awk '/^(summary|totals):/ {print $2; exit}' "$out"
+    count "$out"
+}
+
+# The run's instructions, less aws-lc's one-time collection of CPU jitter
+# entropy at start-up: about 420 million instructions whose number changes
+# from run to run (it times the CPU), which the subtraction below would
+# otherwise carry as noise of several hundred instructions per request.
+count() {
+    python3 - "$1" <<'PY'
+import re, sys
+names, total, jitter, callee, pending = {}, None, 0, "", False
+def name(v):
+    m = re.match(r"\((\d+)\)(?:\s+(.*))?", v)
+    if not m:
+        return v
+    if m.group(2):
+        names[m.group(1)] = m.group(2)
+    return names.get(m.group(1), "")
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith(("summary:", "totals:")) and total is None:
+        total = int(line.split()[1])
+    elif line.startswith("fn="):
+        name(line[3:].strip())
+    elif line.startswith("cfn="):
+        callee = name(line[4:].strip())
+    elif line.startswith("calls="):
+        pending = callee.endswith("tree_jitter_initialize_once")
+    elif pending and line[:1].isdigit() or pending and line[:1] in "+-*":
+        jitter += int(line.split()[1])
+        pending = False
+print(total - jitter)
+PY
 }
 
 low="$(measure "$WARM")"
