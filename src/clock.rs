@@ -7,7 +7,18 @@
 //! or a token's expiry second ever looks at. Durations that are reported
 //! (access log, histograms) keep the precise clock.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use rustix::time::{clock_gettime, ClockId};
+
+/// Unix seconds on the precise wall clock: for judgements that must not lag
+/// (a token's `iat` and `nbf`, a first verification, revocation entries).
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// Milliseconds on the coarse monotonic clock: behind the precise one by at
 /// most a tick (1-10 ms), never going back.
@@ -32,7 +43,7 @@ mod tests {
 
     #[test]
     fn the_coarse_clocks_follow_the_precise_ones_within_a_tick() {
-        let precise = crate::auth::verify::now_unix();
+        let precise = now_unix();
         let coarse = coarse_unix_secs();
         assert!(coarse.abs_diff(precise) <= 1, "{coarse} vs {precise}");
 

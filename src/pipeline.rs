@@ -393,7 +393,6 @@ fn phases<'a>(
         };
 
         // Rewrite.
-        let verified = presented.as_ref().map(|(_, v)| v.clone());
         let upgrade = requested_upgrade(req.headers(), req.version());
         let pq = rewrite(
             rt,
@@ -403,7 +402,7 @@ fn phases<'a>(
             &mut req,
             &route,
             presented.as_ref().map(|(p, _)| p),
-            verified.as_deref(),
+            presented.as_ref().map(|(_, v)| &**v),
             host_given.then_some(ctx.host.as_str()),
             ctx,
         )?;
@@ -756,13 +755,15 @@ fn rewrite(
     );
     if let Some(h) = host {
         // Over HTTP/1 the host is the client's Host value: shared, not parsed again.
-        let value = match headers.get(header::HOST) {
+        let existing = headers.get(header::HOST);
+        let had_host = existing.is_some();
+        let value = match existing {
             Some(v) if v.as_bytes() == h.as_bytes() => Some(v.clone()),
             _ => HeaderValue::from_str(h).ok(),
         };
         if let Some(v) = value {
             headers.insert(X_FORWARDED_HOST.clone(), v.clone());
-            if !headers.contains_key(header::HOST) {
+            if !had_host {
                 headers.insert(header::HOST, v);
             }
         }

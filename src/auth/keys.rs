@@ -8,13 +8,14 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Notify};
 
 use super::fetch;
 use super::jwks::{parse_jwks, secret_keyset, KeySet};
+use crate::clock::now_unix;
 use crate::config::{IssuerConfig, KeySource};
 use crate::metrics::Metrics;
 
@@ -41,13 +42,6 @@ pub struct IssuerKeys {
 
 /// Bounds the negative kid memory; past it the `min_refresh` limit still holds.
 const MAX_UNKNOWN_KIDS: usize = 4096;
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 impl IssuerKeys {
     pub fn new(config: Arc<IssuerConfig>, metrics: Arc<Metrics>) -> Arc<IssuerKeys> {
@@ -91,7 +85,7 @@ impl IssuerKeys {
     }
 
     fn is_stale(&self) -> bool {
-        self.stale_at(unix_now)
+        self.stale_at(now_unix)
     }
 
     /// Whether the keys are past `stale_for` at `now` (unix seconds, asked
@@ -186,7 +180,7 @@ impl IssuerKeys {
 
     fn install(&self, set: KeySet) {
         let n = set.keys.len() as i64;
-        let now = unix_now();
+        let now = now_unix();
         self.current.store(Some(Arc::new(set)));
         if let Ok(mut k) = self.unknown_kids.lock() {
             k.clear();
@@ -226,7 +220,7 @@ impl IssuerKeys {
         if last == 0 || self.current.load().is_none() {
             return;
         }
-        if unix_now().saturating_sub(last) >= self.config.stale_for.as_secs() {
+        if now_unix().saturating_sub(last) >= self.config.stale_for.as_secs() {
             tracing::error!(
                 issuer = %self.config.id,
                 "keys are older than stale_for; refusing this issuer's tokens until a fetch succeeds"
@@ -247,7 +241,7 @@ impl IssuerKeys {
             return Duration::MAX;
         }
         let stale_at = last.saturating_add(self.config.stale_for.as_secs());
-        Duration::from_secs(stale_at.saturating_sub(unix_now())).max(Duration::from_millis(100))
+        Duration::from_secs(stale_at.saturating_sub(now_unix())).max(Duration::from_millis(100))
     }
 
     /// One load attempt. Returns how long the answer may be cached, if it said.

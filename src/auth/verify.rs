@@ -8,7 +8,7 @@
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
@@ -21,6 +21,7 @@ use super::digest_key::DigestKey;
 use super::doorkeeper::Doorkeeper;
 use super::keys::IssuerKeys;
 use super::segment;
+pub use crate::clock::now_unix;
 use crate::denial::Denial;
 use crate::metrics::Metrics;
 
@@ -165,13 +166,6 @@ impl moka::Expiry<u64, Arc<Cached>> for UntilExp {
             value.verified.exp.saturating_sub(now_unix()),
         ))
     }
-}
-
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn numeric(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, Denial> {
