@@ -175,13 +175,23 @@ impl AccessLine<'_> {
         out.extend_from_slice(b"{\"ts\":\"");
         write_rfc3339_now(out);
         out.push(b'"');
+        // Values that cannot hold a character JSON escapes are copied as they
+        // are: the level and message are literals, a request id is letters,
+        // digits, `.`, `_` and `-` (see `pipeline::request_id`), an address
+        // prints as digits, dots, colons and brackets, and a method is an
+        // HTTP token.
         for (key, value) in [
-            (&b",\"level\":"[..], Some(self.level)),
-            (b",\"msg\":", Some(self.msg)),
-            (b",\"request_id\":", Some(self.request_id)),
-            (b",\"remote\":", Some(self.remote)),
-            (b",\"method\":", Some(self.method)),
-            (b",\"host\":", Some(self.host)),
+            (&b",\"level\":"[..], self.level),
+            (b",\"msg\":", self.msg),
+            (b",\"request_id\":", self.request_id),
+            (b",\"remote\":", self.remote),
+            (b",\"method\":", self.method),
+        ] {
+            out.extend_from_slice(key);
+            json_plain_str(out, value);
+        }
+        for (key, value) in [
+            (&b",\"host\":"[..], Some(self.host)),
             (b",\"path\":", Some(self.path)),
             (b",\"route\":", self.route),
             (b",\"upstream\":", self.upstream),
@@ -199,7 +209,7 @@ impl AccessLine<'_> {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"auth\":{\"result\":");
-        json_str(out, self.auth.result);
+        json_plain_str(out, self.auth.result);
         for (name, value) in self.auth.fields() {
             if let Some(v) = value {
                 out.extend_from_slice(b",\"");
@@ -212,41 +222,46 @@ impl AccessLine<'_> {
     }
 }
 
-/// Bytes written escaped: quote, backslash, control characters and DEL.
-static ESCAPED: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t[0x7f] = true;
-    t
-};
-
-/// Whether any byte is in [`ESCAPED`], eight bytes at a time: a byte below
-/// 0x20, or equal to `"`, `\\` or DEL, leaves its high bit set in the word tests.
+/// Whether any byte must be escaped (a control character, `"`, `\\` or DEL),
+/// eight bytes at a time: such a byte leaves its high bit set in the word tests.
 fn needs_escape(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let mut words = bytes.chunks_exact(8);
     for w in &mut words {
         let mut a = [0u8; 8];
         a.copy_from_slice(w);
-        let v = u64::from_le_bytes(a);
-        let below_space = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
-        let found = below_space
-            | has_zero(v ^ (ONES * u64::from(b'"')))
-            | has_zero(v ^ (ONES * u64::from(b'\\')))
-            | has_zero(v ^ (ONES * 0x7f));
-        if found != 0 {
+        if word_needs_escape(u64::from_le_bytes(a)) {
             return true;
         }
     }
-    words.remainder().iter().any(|&b| ESCAPED[usize::from(b)])
+    let tail = words.remainder();
+    if tail.is_empty() {
+        return false;
+    }
+    // The last few bytes as one more word, padded with spaces (never escaped).
+    let mut a = [b' '; 8];
+    a[..tail.len()].copy_from_slice(tail);
+    word_needs_escape(u64::from_le_bytes(a))
+}
+
+fn word_needs_escape(v: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
+    (below_space
+        | has_zero(v ^ (ONES * u64::from(b'"')))
+        | has_zero(v ^ (ONES * u64::from(b'\\')))
+        | has_zero(v ^ (ONES * 0x7f)))
+        != 0
+}
+
+/// A JSON string whose characters need no escaping by construction (checked
+/// in debug builds, so by every test that logs).
+fn json_plain_str(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(!needs_escape(s.as_bytes()), "{s:?} needs escaping");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 /// A JSON string, escaped per RFC 8259 (quote, backslash, control characters).
@@ -358,6 +373,20 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes written escaped: quote, backslash, control characters and DEL.
+    static ESCAPED: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 0x20 {
+            t[i] = true;
+            i += 1;
+        }
+        t[b'"' as usize] = true;
+        t[b'\\' as usize] = true;
+        t[0x7f] = true;
+        t
+    };
 
     #[test]
     fn the_word_check_finds_exactly_the_bytes_the_table_escapes() {
