@@ -375,7 +375,7 @@ fn phases<'a>(
         let preflight = cors::preflight_method(req.method(), req.headers());
         let method = preflight.as_ref().unwrap_or(req.method());
         let route = match rt.routes.lookup(&route_host(&ctx.host), &path, method) {
-            RouteMatch::Found(r) => r.clone(),
+            RouteMatch::Found(r) => r,
             RouteMatch::MethodNotAllowed(allow) => return Err(Denial::MethodNotAllowed(allow)),
             RouteMatch::NoRoute => return Err(Denial::NoRoute),
         };
