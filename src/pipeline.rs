@@ -389,7 +389,7 @@ fn phases<'a>(
         let presented = if route.auth == AuthMode::Public {
             None
         } else {
-            authenticate(rt, conn, &req, &route, ctx).await?
+            authenticate(rt, conn, &req, route, ctx).await?
         };
 
         // Rewrite.
@@ -400,7 +400,7 @@ fn phases<'a>(
             &path,
             conn,
             &mut req,
-            &route,
+            route,
             presented.as_ref().map(|(p, _)| p),
             presented.as_ref().map(|(_, v)| &**v),
             host_given.then_some(ctx.host.as_str()),
