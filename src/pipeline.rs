@@ -37,7 +37,7 @@ use crate::proxy::deadline::TimerSlot;
 use crate::proxy::forward::{forward, ForwardError};
 use crate::proxy::headers::{remove_hop_by_hop, IdentityPlan};
 use crate::proxy::pool::PooledBody;
-use crate::proxy::upstream::Upstreams;
+use crate::proxy::upstream::{Upstream, Upstreams};
 use crate::route::{normalize_path, Route, RouteMatch, RouteTable};
 use crate::series::RouteSeries;
 use crate::server::framing::FramingVerdict;
@@ -78,7 +78,7 @@ pub struct ConnInfo {
     /// The peer as the access log prints it, written once per connection.
     remote_text: String,
     /// The peer's address as `X-Forwarded-For` carries it, written once per connection.
-    forwarded_for: HeaderValue,
+    pub(crate) forwarded_for: HeaderValue,
     /// The timer this connection's waits borrow (see `proxy::deadline`).
     pub timer: Arc<TimerSlot>,
 }
@@ -108,18 +108,37 @@ impl ConnInfo {
 }
 
 /// What a request's phases learned, for the later phases and the log line.
-struct Ctx {
-    request_id: HeaderValue,
-    method: Method,
-    host: String,
-    path_for_log: String,
-    route: Option<Arc<Route>>,
-    auth: AuthFields,
+pub(crate) struct Ctx {
+    pub(crate) request_id: HeaderValue,
+    pub(crate) method: Method,
+    pub(crate) host: String,
+    pub(crate) path_for_log: String,
+    pub(crate) route: Option<Arc<Route>>,
+    pub(crate) auth: AuthFields,
     /// The issuer the token named, when it named a configured one.
-    issuer: Option<usize>,
-    upstream_ms: Option<f64>,
+    pub(crate) issuer: Option<usize>,
+    pub(crate) upstream_ms: Option<f64>,
     /// The request's `Origin`, for CORS headers on the response.
-    origin: Option<HeaderValue>,
+    pub(crate) origin: Option<HeaderValue>,
+}
+
+impl Ctx {
+    pub(crate) fn new(request_id: HeaderValue, method: Method, path_for_log: String) -> Ctx {
+        Ctx {
+            request_id,
+            method,
+            host: String::new(),
+            path_for_log,
+            route: None,
+            auth: AuthFields {
+                result: "none",
+                ..Default::default()
+            },
+            issuer: None,
+            upstream_ms: None,
+            origin: None,
+        }
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -128,8 +147,9 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static DPOP: HeaderName = HeaderName::from_static("dpop");
 
-fn request_id(headers: &http::HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
+/// The client's `X-Request-Id` when it is a sensible one, else a new UUID.
+pub(crate) fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = given {
         let b = v.as_bytes();
         if (1..=128).contains(&b.len())
             && b.iter()
@@ -196,7 +216,7 @@ fn client_host(req: &Request<Incoming>) -> Result<Option<String>, Denial> {
 }
 
 /// The host for routing: lower case, without port.
-fn route_host(host: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn route_host(host: &str) -> std::borrow::Cow<'_, str> {
     let h = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
@@ -227,40 +247,18 @@ pub fn handle(
     async move {
         let started = Instant::now();
         let http1 = req.version() <= Version::HTTP_11;
-        let mut ctx = Ctx {
-            request_id: request_id(req.headers()),
-            method: req.method().clone(),
-            host: String::new(),
-            path_for_log: path_for_log(&req, rt.config.token.query),
-            route: None,
-            auth: AuthFields {
-                result: "none",
-                ..Default::default()
-            },
-            issuer: None,
-            upstream_ms: None,
-            origin: None,
-        };
+        let mut ctx = Ctx::new(
+            request_id(req.headers().get(&X_REQUEST_ID)),
+            req.method().clone(),
+            path_for_log(&req, rt.config.token.query),
+        );
         let outcome = guarded(phases(&rt, &conn, req, &mut ctx), &rt.metrics).await;
         let mut resp = match outcome {
             Some(Ok(resp)) => resp,
-            Some(Err(denial)) => {
-                if let Some(result) = denial.auth_result() {
-                    ctx.auth.result = result;
-                    rt.metrics
-                        .auth_decisions_total
-                        .with_label_values(&[rt.verifier.issuer_id(ctx.issuer), result])
-                        .inc();
-                }
-                denial.into_response(ctx.request_id.to_str().unwrap_or("-"))
-            }
+            Some(Err(denial)) => refuse(&rt, &mut ctx, denial),
             None => {
                 tracing::error!(request_id = ?ctx.request_id, "request handler panicked");
-                let mut r = Response::new(body::full(
-                    r#"{"error":"internal_error","error_description":"internal error"}"#,
-                ));
-                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                r
+                internal_error()
             }
         };
         // Unique per response: HTTP/2's HPACK would enter each one in the
@@ -271,35 +269,66 @@ pub fn handle(
         if let Some(c) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
             cors::decorate(c, ctx.origin.as_ref(), resp.headers_mut());
         }
-        let elapsed = started.elapsed();
-        let status = resp.status();
-        let series = ctx
-            .route
-            .as_ref()
-            .and_then(|r| rt.route_series.get(r.index))
-            .unwrap_or(&rt.no_route_series);
-        series.count(&rt.metrics, &ctx.method, status);
-        series.duration.observe(elapsed.as_secs_f64());
-        rt.access_log.write(&AccessLine {
-            level: "INFO",
-            msg: "access",
-            request_id: ctx.request_id.to_str().unwrap_or("-"),
-            remote: &conn.remote_text,
-            method: ctx.method.as_str(),
-            host: &ctx.host,
-            path: &ctx.path_for_log,
-            route: ctx.route.as_ref().map(|r| r.id.as_str()),
-            upstream: ctx.route.as_ref().map(|r| r.upstream.as_str()),
-            status: status.as_u16(),
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            upstream_ms: ctx.upstream_ms,
-            auth: &ctx.auth,
-        });
+        record(&rt, &conn, &ctx, resp.status(), started);
         if http1 {
             resp = resp.map(|b| conn.framing.count_answer(b));
         }
         Ok(resp)
     }
+}
+
+/// The answer to a refused request, its authentication decision counted.
+pub(crate) fn refuse(rt: &Runtime, ctx: &mut Ctx, denial: Denial) -> Response<Body> {
+    if let Some(result) = denial.auth_result() {
+        ctx.auth.result = result;
+        rt.metrics
+            .auth_decisions_total
+            .with_label_values(&[rt.verifier.issuer_id(ctx.issuer), result])
+            .inc();
+    }
+    denial.into_response(ctx.request_id.to_str().unwrap_or("-"))
+}
+
+/// The answer to a request whose handling panicked.
+pub(crate) fn internal_error() -> Response<Body> {
+    let mut r = Response::new(body::full(
+        r#"{"error":"internal_error","error_description":"internal error"}"#,
+    ));
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
+
+/// Counts a finished request in its route's series and writes its log line.
+pub(crate) fn record(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+    status: StatusCode,
+    started: Instant,
+) {
+    let elapsed = started.elapsed();
+    let series = ctx
+        .route
+        .as_ref()
+        .and_then(|r| rt.route_series.get(r.index))
+        .unwrap_or(&rt.no_route_series);
+    series.count(&rt.metrics, &ctx.method, status);
+    series.duration.observe(elapsed.as_secs_f64());
+    rt.access_log.write(&AccessLine {
+        level: "INFO",
+        msg: "access",
+        request_id: ctx.request_id.to_str().unwrap_or("-"),
+        remote: &conn.remote_text,
+        method: ctx.method.as_str(),
+        host: &ctx.host,
+        path: &ctx.path_for_log,
+        route: ctx.route.as_ref().map(|r| r.id.as_str()),
+        upstream: ctx.route.as_ref().map(|r| r.upstream.as_str()),
+        status: status.as_u16(),
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        upstream_ms: ctx.upstream_ms,
+        auth: &ctx.auth,
+    });
 }
 
 /// Runs a request's phases so that a panic in them costs that request a 500
@@ -429,36 +458,50 @@ fn phases<'a>(
             None => req.map(Either::Left),
         };
         let sent = Instant::now();
-        let result = forward(upstream, req, pq, &conn.timer, sent).await;
-        let took = sent.elapsed();
-        ctx.upstream_ms = Some(took.as_secs_f64() * 1000.0);
-        let m = &rt.metrics;
-        match result {
-            Ok(resp) => {
-                upstream.series.count(m, resp.status());
-                upstream.series.duration.observe(took.as_secs_f64());
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client) = client_upgrade {
-                        return Ok(splice_upgrade(client, resp, rt.upgrades.enter()));
-                    }
+        let call = forward(upstream, req, pq, &conn.timer, sent);
+        let resp = call_upstream(rt, upstream, call, sent, ctx).await?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client) = client_upgrade {
+                return Ok(splice_upgrade(client, resp, rt.upgrades.enter()));
+            }
+        }
+        let (mut parts, incoming) = resp.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body::stream(incoming)))
+    }
+}
+
+/// Awaits the upstream's answer (sent at `sent`), times and counts it; a
+/// failure becomes the client's refusal.
+pub(crate) async fn call_upstream(
+    rt: &Runtime,
+    upstream: &Upstream,
+    call: impl Future<Output = Result<Response<PooledBody>, ForwardError>>,
+    sent: Instant,
+    ctx: &mut Ctx,
+) -> Result<Response<PooledBody>, Denial> {
+    let result = call.await;
+    let took = sent.elapsed();
+    ctx.upstream_ms = Some(took.as_secs_f64() * 1000.0);
+    let m = &rt.metrics;
+    match result {
+        Ok(resp) => {
+            upstream.series.count(m, resp.status());
+            upstream.series.duration.observe(took.as_secs_f64());
+            Ok(resp)
+        }
+        Err(ForwardError::BodyTooLarge) => Err(Denial::PayloadTooLarge),
+        Err(e) => {
+            m.upstream_errors_total
+                .with_label_values(&[upstream.name.as_str(), e.kind()])
+                .inc();
+            Err(match e {
+                ForwardError::Timeout => Denial::UpstreamTimeout,
+                ForwardError::NoEndpoint => Denial::NoHealthyEndpoint,
+                ForwardError::Connect | ForwardError::Reset | ForwardError::BodyTooLarge => {
+                    Denial::UpstreamFailed
                 }
-                let (mut parts, incoming) = resp.into_parts();
-                remove_hop_by_hop(&mut parts.headers);
-                Ok(Response::from_parts(parts, body::stream(incoming)))
-            }
-            Err(ForwardError::BodyTooLarge) => Err(Denial::PayloadTooLarge),
-            Err(e) => {
-                m.upstream_errors_total
-                    .with_label_values(&[upstream.name.as_str(), e.kind()])
-                    .inc();
-                Err(match e {
-                    ForwardError::Timeout => Denial::UpstreamTimeout,
-                    ForwardError::NoEndpoint => Denial::NoHealthyEndpoint,
-                    ForwardError::Connect | ForwardError::Reset | ForwardError::BodyTooLarge => {
-                        Denial::UpstreamFailed
-                    }
-                })
-            }
+            })
         }
     }
 }
@@ -532,17 +575,58 @@ async fn authenticate(
             _ => Err(Denial::Missing),
         };
     };
-    rt.metrics.token_bytes.observe(presented.token.len() as f64);
-    if presented.token.len() > cfg.max_bytes {
+    measure_token(rt, &presented.token)?;
+    if presented.source == TokenSource::Cookie && UNSAFE_METHODS.contains(req.method()) {
+        csrf_check(req.headers(), &cfg.csrf_origins)?;
+    }
+    let target = Target {
+        headers: req.headers(),
+        method: req.method(),
+        path: req.uri().path(),
+    };
+    let verified = admit(
+        rt,
+        conn,
+        &presented.token,
+        presented.dpop_scheme,
+        &target,
+        route,
+        ctx,
+    )
+    .await?;
+    Ok(Some((presented, verified)))
+}
+
+/// Counts a presented token's size and refuses one past `token.max_bytes`.
+pub(crate) fn measure_token(rt: &Runtime, token: &str) -> Result<(), Denial> {
+    rt.metrics.token_bytes.observe(token.len() as f64);
+    if token.len() > rt.config.token.max_bytes {
         return Err(Denial::Malformed(
             "token is larger than this gateway accepts",
         ));
     }
-    if presented.source == TokenSource::Cookie && UNSAFE_METHODS.contains(req.method()) {
-        csrf_check(req.headers(), &cfg.csrf_origins)?;
-    }
+    Ok(())
+}
+
+/// What a DPoP proof is checked against: the request as it arrived.
+pub(crate) struct Target<'a> {
+    pub(crate) headers: &'a http::HeaderMap,
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+}
+
+/// Verify, revocation, binding, policy, for a token already extracted.
+pub(crate) async fn admit(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    token: &str,
+    dpop_scheme: bool,
+    target: &Target<'_>,
+    route: &Route,
+    ctx: &mut Ctx,
+) -> Result<Arc<Verified>, Denial> {
     let started = Instant::now();
-    let result = rt.verifier.verify(&presented.token).await;
+    let result = rt.verifier.verify(token).await;
     rt.metrics
         .auth_duration_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -569,7 +653,15 @@ async fn authenticate(
     if rt.revocations.is_revoked(&verified, max_lifetime) {
         return Err(Denial::Revoked);
     }
-    binding_check(rt, conn, req, &ctx.host, &presented, &verified, route)?;
+    binding_check(
+        rt,
+        conn,
+        target,
+        &ctx.host,
+        (token, dpop_scheme),
+        &verified,
+        route,
+    )?;
     policy::check(route, &verified, issuer_id)?;
 
     ctx.auth.result = "allowed";
@@ -581,7 +673,7 @@ async fn authenticate(
             .with_label_values(&[issuer_id, "allowed"])
             .inc(),
     }
-    Ok(Some((presented, verified)))
+    Ok(verified)
 }
 
 /// A cookie token on an unsafe method needs an allowed `Origin` (or `Referer`).
@@ -605,9 +697,9 @@ fn csrf_check(headers: &http::HeaderMap, allowed: &[String]) -> Result<(), Denia
 fn binding_check(
     rt: &Runtime,
     conn: &ConnInfo,
-    req: &Request<Incoming>,
+    req: &Target<'_>,
     host: &str,
-    presented: &Presented,
+    (token, dpop_scheme): (&str, bool),
     v: &Verified,
     route: &Route,
 ) -> Result<(), Denial> {
@@ -615,7 +707,7 @@ fn binding_check(
     let jkt = cnf.and_then(|c| c.get("jkt"));
     let x5t = cnf.and_then(|c| c.get("x5t#S256")).and_then(|x| x.as_str());
     if let Some(jkt) = jkt {
-        if !presented.dpop_scheme {
+        if !dpop_scheme {
             return Err(Denial::BindingFailed(
                 "DPoP-bound token presented as a bearer token",
             ));
@@ -623,7 +715,7 @@ fn binding_check(
         let jkt = jkt
             .as_str()
             .ok_or(Denial::BindingFailed("cnf.jkt is not a string"))?;
-        let mut proofs = req.headers().get_all(&DPOP).iter();
+        let mut proofs = req.headers.get_all(&DPOP).iter();
         let (Some(proof), None) = (proofs.next(), proofs.next()) else {
             return Err(Denial::BindingFailed(
                 "a DPoP-bound token needs exactly one DPoP proof header",
@@ -634,19 +726,12 @@ fn binding_check(
             .map_err(|_| Denial::BindingFailed("DPoP proof is not text"))?;
         let issuer = &rt.verifier.issuers[v.issuer].config;
         let target = dpop::Target {
-            method: req.method().as_str(),
+            method: req.method.as_str(),
             scheme: if conn.tls { "https" } else { "http" },
             host,
-            path: req.uri().path(),
+            path: req.path,
         };
-        let claims = dpop::check_proof(
-            proof,
-            &presented.token,
-            jkt,
-            &target,
-            issuer.leeway,
-            &rt.dpop_replay,
-        )?;
+        let claims = dpop::check_proof(proof, token, jkt, &target, issuer.leeway, &rt.dpop_replay)?;
         if issuer.dpop_nonce {
             let ok = claims
                 .get("nonce")
@@ -656,7 +741,7 @@ fn binding_check(
                 return Err(Denial::UseDpopNonce(rt.dpop_nonces.issue()));
             }
         }
-    } else if presented.dpop_scheme {
+    } else if dpop_scheme {
         return Err(Denial::BindingFailed(
             "DPoP scheme used with a token that is not DPoP-bound",
         ));
@@ -828,8 +913,8 @@ mod tests {
 
     #[test]
     fn generated_request_ids_are_uuids_and_differ() {
-        let a = request_id(&http::HeaderMap::new());
-        let b = request_id(&http::HeaderMap::new());
+        let a = request_id(None);
+        let b = request_id(None);
         assert_ne!(a, b);
         let a = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
         assert_eq!(a.get_version_num(), 4);

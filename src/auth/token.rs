@@ -35,7 +35,7 @@ fn from_authorization(value: &[u8]) -> Result<Option<(String, bool)>, Denial> {
 /// The usual value, `Bearer ` and a token of visible ASCII, checked in one
 /// pass (a branch-free fold the compiler vectorises). `None` leaves the value
 /// to [`from_authorization_general`], which would judge this one the same.
-fn plain_bearer(value: &[u8]) -> Option<&str> {
+pub(crate) fn plain_bearer(value: &[u8]) -> Option<&str> {
     let token = value
         .get(7..)
         .filter(|_| value[..7].eq_ignore_ascii_case(b"bearer "))?;

@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub workers: usize,
+    /// Plain HTTP/1 requests served without hyper (`server::fast`); off,
+    /// every request takes the general path.
+    pub fast_path: bool,
 }
 
 #[derive(Debug, Clone)]

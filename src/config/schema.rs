@@ -157,6 +157,7 @@ fn read_server(src: &Source, root: &Table) -> Option<ServerConfig> {
         max_connections,
         shutdown_grace: t.or(src, "shutdown_grace", Duration::from_secs(30)),
         workers: t.or(src, "workers", 0usize),
+        fast_path: t.or(src, "fast_path", true),
     };
     t.finish(
         src,
@@ -171,6 +172,7 @@ fn read_server(src: &Source, root: &Table) -> Option<ServerConfig> {
             "max_connections",
             "shutdown_grace",
             "workers",
+            "fast_path",
         ],
     );
     Some(server)

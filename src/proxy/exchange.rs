@@ -163,6 +163,21 @@ impl Outgoing {
         }
     }
 
+    /// A request without a body whose head is already written out
+    /// (origin-form, HTTP/1.1, ending in the blank line): see `server::fast`.
+    pub fn head_only(head: Vec<u8>, head_request: bool) -> Outgoing {
+        let mut pending = VecDeque::with_capacity(1);
+        pending.push_back(Bytes::from(head));
+        Outgoing {
+            pending,
+            body: None,
+            chunked: false,
+            flush: true,
+            wrote: false,
+            head_request,
+        }
+    }
+
     fn done(&self) -> bool {
         self.pending.is_empty() && self.body.is_none() && !self.flush
     }
@@ -594,7 +609,7 @@ fn take_upto(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
 }
 
 /// Header fields as `name: value` lines, for a head or a trailer section.
-fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+pub(crate) fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");

@@ -7,9 +7,9 @@ use http::uri::PathAndQuery;
 use http::{header, Request, Response, Uri, Version};
 
 use super::deadline::TimerSlot;
-use super::exchange::ExchangeError;
+use super::exchange::{ExchangeError, Outgoing};
 use super::pool::{PooledBody, SendError};
-use super::upstream::{Upstream, UpstreamBody};
+use super::upstream::{Endpoint, Upstream, UpstreamBody};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardError {
@@ -47,8 +47,6 @@ pub(super) fn body_limit_hit(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Sends `req`; the upstream has `response_timeout` from `started` to answer.
-/// (An `async move` block, not an `async fn`: see `pipeline::handle`.)
-#[allow(clippy::manual_async_fn)] // see `handle`
 pub fn forward<'a>(
     up: &'a Upstream,
     mut req: Request<UpstreamBody>,
@@ -56,19 +54,40 @@ pub fn forward<'a>(
     timer: &'a Arc<TimerSlot>,
     started: std::time::Instant,
 ) -> impl std::future::Future<Output = Result<Response<PooledBody>, ForwardError>> + 'a {
+    send(
+        up,
+        move |ep| {
+            // Origin form on the wire; the endpoint's authority stands in for a missing Host.
+            *req.uri_mut() = Uri::from(path_and_query);
+            if !req.headers().contains_key(header::HOST) {
+                req.headers_mut().insert(header::HOST, ep.host.clone());
+            }
+            // Upstreams are spoken to in HTTP/1.1 whatever the client used.
+            *req.version_mut() = Version::HTTP_11;
+            Outgoing::new(req)
+        },
+        timer,
+        started,
+    )
+}
+
+/// Sends what `encode` makes for the endpoint picked; the upstream has
+/// `response_timeout` from `started` to answer.
+/// (An `async move` block, not an `async fn`: see `pipeline::handle`.)
+#[allow(clippy::manual_async_fn)] // see `handle`
+pub fn send<'a>(
+    up: &'a Upstream,
+    encode: impl FnOnce(&Endpoint) -> Outgoing + 'a,
+    timer: &'a Arc<TimerSlot>,
+    started: std::time::Instant,
+) -> impl std::future::Future<Output = Result<Response<PooledBody>, ForwardError>> + 'a {
     async move {
         let idx = up.pick().ok_or(ForwardError::NoEndpoint)?;
         let ep = &up.endpoints[idx];
-        // Origin form on the wire; the endpoint's authority stands in for a missing Host.
-        *req.uri_mut() = Uri::from(path_and_query);
-        if !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, ep.host.clone());
-        }
-        // Upstreams are spoken to in HTTP/1.1 whatever the client used.
-        *req.version_mut() = Version::HTTP_11;
+        let out = encode(ep);
         // Pinned where it is: moving the send future into the timeout copied it
         // (about a kilobyte) on every request.
-        let sent = std::pin::pin!(ep.pool.send(&up.connector, &ep.uri, req));
+        let sent = std::pin::pin!(ep.pool.send(&up.connector, &ep.uri, out));
         let deadline = tokio::time::Instant::from_std(started) + up.response_timeout;
         match timer.within(deadline, sent).await {
             None => Err(ForwardError::Timeout),

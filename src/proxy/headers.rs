@@ -140,24 +140,45 @@ impl IdentityPlan {
     /// Removes every client-sent header that the plan owns, compared
     /// case-insensitively and with `_` read as `-`.
     pub fn strip_client_identity(&self, headers: &mut HeaderMap) {
-        let owned = |name: &HeaderName| {
-            let n = name.as_str();
-            let normalized;
-            let n = if n.as_bytes().contains(&b'_') {
-                normalized = normalize_header(n);
-                normalized.as_str()
-            } else {
-                n
-            };
-            self.strip.iter().any(|p| p.matches(n))
-        };
         // Clients rarely send one: the names are collected only when they do.
-        if !headers.keys().any(owned) {
+        if !headers.keys().any(|n| self.owns(n.as_str())) {
             return;
         }
-        let doomed: Vec<HeaderName> = headers.keys().filter(|n| owned(n)).cloned().collect();
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| self.owns(n.as_str()))
+            .cloned()
+            .collect();
         for name in doomed {
             headers.remove(&name);
+        }
+    }
+
+    /// Whether a client-sent header of this name is one the plan owns
+    /// (compared case-insensitively, with `_` read as `-`).
+    pub fn owns(&self, name: &str) -> bool {
+        if !name.bytes().any(|b| b == b'_' || b.is_ascii_uppercase()) {
+            return self.strip.iter().any(|p| p.matches(name));
+        }
+        // Raw names keep the client's case: folded on the stack when short.
+        let mut buf = [0u8; 64];
+        match buf.get_mut(..name.len()) {
+            Some(folded) => {
+                for (o, b) in folded.iter_mut().zip(name.bytes()) {
+                    *o = if b == b'_' {
+                        b'-'
+                    } else {
+                        b.to_ascii_lowercase()
+                    };
+                }
+                // ASCII in, ASCII out.
+                let n = std::str::from_utf8(folded).unwrap_or_default();
+                self.strip.iter().any(|p| p.matches(n))
+            }
+            None => {
+                let n = normalize_header(name);
+                self.strip.iter().any(|p| p.matches(&n))
+            }
         }
     }
 
@@ -186,12 +207,20 @@ impl IdentityPlan {
     /// Adds the identity headers of a verified token, rendered once per
     /// cached verification.
     pub fn add_identity(&self, headers: &mut HeaderMap, verified: &Verified, token: Option<&str>) {
-        let rendered = verified
-            .identity
-            .get_or_init(|| self.render(&verified.claims, token));
-        for (name, value) in rendered {
+        for (name, value) in self.rendered(verified, token) {
             headers.insert(name.clone(), value.clone());
         }
+    }
+
+    /// The identity headers for a verification, rendered once and kept with it.
+    pub fn rendered<'v>(
+        &self,
+        verified: &'v Verified,
+        token: Option<&str>,
+    ) -> &'v [(HeaderName, HeaderValue)] {
+        verified
+            .identity
+            .get_or_init(|| self.render(&verified.claims, token))
     }
 }
 

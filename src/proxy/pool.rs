@@ -12,14 +12,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use http::{Request, Response};
+use http::Response;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use super::exchange::{exchange, Conn, ExchangeError, Failure, Outgoing, ResponseBody};
-use super::upstream::UpstreamBody;
 
 /// Idle connections kept per endpoint; one more is closed when it goes idle.
 const MAX_IDLE: usize = 1024;
@@ -102,7 +101,7 @@ impl Pool {
         });
     }
 
-    /// Sends `req` over an idle connection, or a new one. A request that an
+    /// Sends `out` over an idle connection, or a new one. A request that an
     /// idle connection closed before any of it was written goes out on the
     /// next idle connection, or a new one; anything already written is never
     /// sent twice.
@@ -110,9 +109,8 @@ impl Pool {
         self: &Arc<Self>,
         connector: &HttpsConnector<HttpConnector>,
         endpoint: &http::Uri,
-        req: Request<UpstreamBody>,
+        mut out: Outgoing,
     ) -> Result<Response<PooledBody>, SendError> {
-        let mut out = Outgoing::new(req);
         while let Some(conn) = self.checkout() {
             match exchange(conn, out, self.clone()).await {
                 Ok(resp) => return Ok(resp),

@@ -60,6 +60,11 @@ impl FramingVerdict {
         n >= self.ambiguous_from.load(Ordering::Relaxed)
     }
 
+    /// Counts one HTTP/1 response as finished (written whole without hyper).
+    pub fn answered_one(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The ordinal of the first ambiguous request seen, if any.
     pub fn first_ambiguous(&self) -> Option<u64> {
         let n = self.ambiguous_from.load(Ordering::Relaxed);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::fast::{self, Outcome, Prefixed};
 use super::framing::{FramingVerdict, FramingWatch, Watched};
 use super::idle::IdleIo;
 use crate::config::ServerConfig;
@@ -315,7 +317,10 @@ async fn serve_http1<T, G>(
 {
     // The first request must come within header_read_timeout; later ones
     // within idle_timeout of the last byte.
-    let svc = service_fn(move |req| handle(rt.load_full(), info.clone(), req));
+    let svc = {
+        let (rt, info) = (rt.clone(), info.clone());
+        service_fn(move |req| handle(rt.load_full(), info.clone(), req))
+    };
     let stop = &mut parked.stop;
     // The first session starts at once: the TLS handshake may already have
     // read the first request off the socket (a client's Finished and its
@@ -339,12 +344,25 @@ async fn serve_http1<T, G>(
                 _ = stop.changed() => return,
             }
         }
-        first = false;
         io.unpark();
+        // Plain requests are served without hyper until one is not (see `fast`).
+        let prefix = if rt.load().config.server.fast_path {
+            match fast::serve(&mut io, &rt, &info, stop, first).await {
+                Outcome::Parked => {
+                    first = false;
+                    continue;
+                }
+                Outcome::Closed => return,
+                Outcome::Handoff(prefix) => prefix.freeze(),
+            }
+        } else {
+            Bytes::new()
+        };
+        first = false;
         let mut conn = Box::pin(
             parked
                 .builder
-                .serve_connection(TokioIo::new(io), svc.clone())
+                .serve_connection(TokioIo::new(Prefixed::new(prefix, io)), svc.clone())
                 .with_upgrades(),
         );
         let mut draining = false;
@@ -376,7 +394,11 @@ async fn serve_http1<T, G>(
         let Some(parts) = Pin::into_inner(conn).into_parts() else {
             return;
         };
-        io = parts.io.into_inner();
+        // What hyper had not read of the fast path's bytes ends the connection.
+        let Some(back) = parts.io.into_inner().into_inner() else {
+            return;
+        };
+        io = back;
         if !io.is_parked() || !parts.read_buf.is_empty() || draining {
             return;
         }
