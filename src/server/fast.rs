@@ -107,34 +107,24 @@ where
             return Outcome::Handoff(buf);
         };
         let close = req.close;
-        // While the upstream is asked, the client is watched as hyper
-        // watches it: a client that hangs up takes its request with it
-        // (nothing counted, nothing logged). Bytes it sends meanwhile are
-        // its next request, and hyper's.
         let mut next = BytesMut::new();
-        let prepared = {
-            let work = std::panic::AssertUnwindSafe(prepare(&rt, conn, &req)).catch_unwind();
-            let mut work = std::pin::pin!(work);
-            let mut watching = true;
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut work => break r,
-                    r = io.read_buf(&mut next), if watching => match r {
-                        Ok(0) | Err(_) => return Outcome::Closed,
-                        Ok(_) => watching = false,
-                    },
-                }
-            }
-        };
         out.clear();
-        let answered = match prepared {
-            Ok(Prepared::Handoff) => {
+        let served = {
+            // Pinned where it is made and caught there: moving it into the
+            // catch copied it (several kilobytes) on every request.
+            let mut pinned =
+                std::pin::pin!(respond(&rt, conn, &req, started, io, &mut out, &mut next));
+            std::panic::AssertUnwindSafe(pinned.as_mut())
+                .catch_unwind()
+                .await
+        };
+        let answered = match served {
+            Ok(Served::Done) => true,
+            Ok(Served::Broken) => false,
+            Ok(Served::Gone) => return Outcome::Closed,
+            Ok(Served::Handoff) => {
                 buf.extend_from_slice(&next);
                 return Outcome::Handoff(buf);
-            }
-            Ok(Prepared::Reply(ctx, reply)) => {
-                answer(&rt, conn, &req, started, ctx, reply, io, &mut out).await
             }
             Err(_) => {
                 // As the general path answers a panic: a 500, counted and logged.
@@ -148,6 +138,7 @@ where
                 tracing::error!(request_id = ?ctx.request_id, "request handler panicked");
                 let resp = pipeline::internal_error();
                 pipeline::record(&rt, conn, &ctx, resp.status(), started);
+                out.clear();
                 write_response(io, &mut out, resp, &req, &ctx).await
             }
         };
@@ -277,43 +268,58 @@ const SENT_TO_HYPER: &[&str] = &[
     "dpop",
 ];
 
-// Made once per request and taken apart at once: boxing the reply would
-// cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
-enum Prepared {
+enum Served {
+    Done,
     /// Nothing was answered, counted or logged: hyper takes the request.
     Handoff,
-    Reply(Ctx, Result<Response<PooledBody>, Denial>),
+    /// The client hung up before its answer was ready: the request is
+    /// dropped, as hyper drops it (nothing counted, nothing logged).
+    Gone,
+    /// The client connection failed while its answer was written.
+    Broken,
 }
 
-/// Everything up to the upstream's response head (or a refusal).
-async fn prepare(rt: &Runtime, conn: &ConnInfo, req: &Plain<'_>) -> Prepared {
+/// One request, its answer written. While the upstream is asked, the client
+/// is watched as hyper watches it; bytes it sends meanwhile are kept in
+/// `next` (its next request, and hyper's).
+async fn respond<T>(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    req: &Plain<'_>,
+    started: Instant,
+    io: &mut Watched<T>,
+    out: &mut Vec<u8>,
+    next: &mut BytesMut,
+) -> Served
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     // Decided before anything is counted, so that a handoff leaves no trace.
     let Some(path) = normalize_path(req.path) else {
-        return Prepared::Handoff;
+        return Served::Handoff;
     };
     let route = match rt
         .routes
         .lookup(&pipeline::route_host(req.host), &path, &req.method)
     {
         RouteMatch::Found(r) => r,
-        _ => return Prepared::Handoff,
+        _ => return Served::Handoff,
     };
     if route.cors.is_some()
         || route.require_bound_token
         || rt.assertions.is_some()
         || req.query.is_some_and(|q| q.contains("access_token"))
     {
-        return Prepared::Handoff;
+        return Served::Handoff;
     }
     let token = match (route.auth, req.authorization) {
         (AuthMode::Public, _) => None,
         (_, Some(v)) if rt.config.token.header => match crate::auth::token::plain_bearer(v) {
             Some(t) => Some(t),
-            None => return Prepared::Handoff,
+            None => return Served::Handoff,
         },
         (AuthMode::Optional, None) => None,
-        _ => return Prepared::Handoff,
+        _ => return Served::Handoff,
     };
     let request_id = pipeline::request_id(
         req.request_id
@@ -333,28 +339,21 @@ async fn prepare(rt: &Runtime, conn: &ConnInfo, req: &Plain<'_>) -> Prepared {
     let reply = if conn.framing.next_request_is_ambiguous() {
         Err(Denial::AmbiguousFraming)
     } else {
-        forward(rt, conn, req, route, &path, token, &mut ctx).await
+        let mut call = std::pin::pin!(forward(rt, conn, req, route, &path, token, &mut ctx));
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut call => break r,
+                r = io.read_buf(next), if watching => match r {
+                    Ok(0) | Err(_) => return Served::Gone,
+                    Ok(_) => watching = false,
+                },
+            }
+        }
     };
-    Prepared::Reply(ctx, reply)
-}
-
-/// Counts, logs and writes the answer; false when the client connection failed.
-#[allow(clippy::too_many_arguments)]
-async fn answer<T>(
-    rt: &Runtime,
-    conn: &ConnInfo,
-    req: &Plain<'_>,
-    started: Instant,
-    mut ctx: Ctx,
-    reply: Result<Response<PooledBody>, Denial>,
-    io: &mut Watched<T>,
-    out: &mut Vec<u8>,
-) -> bool
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
     // Counted and logged when the head is ready, as hyper's path does.
-    match reply {
+    let written = match reply {
         Ok(resp) => {
             pipeline::record(rt, conn, &ctx, resp.status(), started);
             write_response(io, out, resp, req, &ctx).await
@@ -364,6 +363,11 @@ where
             pipeline::record(rt, conn, &ctx, resp.status(), started);
             write_response(io, out, resp, req, &ctx).await
         }
+    };
+    if written {
+        Served::Done
+    } else {
+        Served::Broken
     }
 }
 
