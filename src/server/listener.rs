@@ -347,7 +347,9 @@ async fn serve_http1<T, G>(
         io.unpark();
         // Plain requests are served without hyper until one is not (see `fast`).
         let prefix = if rt.load().config.server.fast_path {
-            match fast::serve(&mut io, &rt, &info, stop, first).await {
+            // Boxed, as hyper's session is: a parked connection's task keeps
+            // only this loop's small state, not a request's futures.
+            match Box::pin(fast::serve(&mut io, &rt, &info, stop, first)).await {
                 Outcome::Parked => {
                     first = false;
                     continue;
