@@ -458,7 +458,9 @@ fn phases<'a>(
             None => req.map(Either::Left),
         };
         let sent = Instant::now();
-        let call = forward(upstream, req, pq, &conn.timer, sent);
+        // Pinned where it is made: passed by value, the call (about a
+        // kilobyte) was copied into `call_upstream` on every request.
+        let call = std::pin::pin!(forward(upstream, req, pq, &conn.timer, sent));
         let resp = call_upstream(rt, upstream, call, sent, ctx).await?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
@@ -476,7 +478,7 @@ fn phases<'a>(
 pub(crate) async fn call_upstream(
     rt: &Runtime,
     upstream: &Upstream,
-    call: impl Future<Output = Result<Response<PooledBody>, ForwardError>>,
+    call: std::pin::Pin<&mut impl Future<Output = Result<Response<PooledBody>, ForwardError>>>,
     sent: Instant,
     ctx: &mut Ctx,
 ) -> Result<Response<PooledBody>, Denial> {

@@ -5,6 +5,7 @@
 #   benches/load/instructions.sh                      # the current release build
 #   benches/load/instructions.sh path/to/portcullis   # another build, e.g. an older commit's
 #   NEW=1 benches/load/instructions.sh                # every request a token never seen before
+#   FAST_PATH=false benches/load/instructions.sh      # every request on hyper's server (the general path)
 #
 # One gateway (workers = 1, RS256 issuer, repeated token, access log on)
 # runs under callgrind in front of a small Python upstream on loopback.
@@ -60,6 +61,7 @@ cat >"$WORK/p.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$PORT"]
 workers = 1
+fast_path = ${FAST_PATH:-true}
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 [[issuer]]

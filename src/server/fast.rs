@@ -458,12 +458,12 @@ async fn forward(
 
     let head_request = req.method == Method::HEAD;
     let sent = Instant::now();
-    let call = send(
+    let call = std::pin::pin!(send(
         upstream,
         move |_| Outgoing::head_only(head, head_request),
         &conn.timer,
         sent,
-    );
+    ));
     let resp = pipeline::call_upstream(rt, upstream, call, sent, ctx).await?;
     if resp.status().is_informational() {
         // Nothing was asked to switch protocols.
