@@ -139,7 +139,11 @@ where
                 let resp = pipeline::internal_error();
                 pipeline::record(&rt, conn, &ctx, resp.status(), started);
                 out.clear();
-                write_response(io, &mut out, resp, &req, &ctx).await
+                write_response(io, &mut out, resp, &req, &ctx).await;
+                // Part of an answer may have gone out before the panic: what
+                // follows on this connection could not be trusted to frame.
+                let _ = io.shutdown().await;
+                return Outcome::Closed;
             }
         };
         if !answered {
