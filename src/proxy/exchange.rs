@@ -611,11 +611,16 @@ fn take_upto(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
 /// Header fields as `name: value` lines, for a head or a trailer section.
 pub(crate) fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+}
+
+/// One `name: value` line.
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, ExchangeError> {

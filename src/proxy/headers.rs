@@ -12,7 +12,7 @@ use crate::auth::verify::Verified;
 use crate::config::{normalize_header, IdentityConfig};
 
 /// Pre-built names: removing by `&str` parsed each name again, twice per request.
-static HOP_BY_HOP: [HeaderName; 9] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),

@@ -31,9 +31,9 @@ use super::framing::Watched;
 use crate::config::AuthMode;
 use crate::denial::Denial;
 use crate::pipeline::{self, ConnInfo, Ctx, Runtime, Target};
-use crate::proxy::exchange::{write_fields, Outgoing};
+use crate::proxy::exchange::{write_field, write_fields, Outgoing};
 use crate::proxy::forward::send;
-use crate::proxy::headers::remove_hop_by_hop;
+use crate::proxy::headers::{remove_hop_by_hop, HOP_BY_HOP};
 use crate::proxy::pool::PooledBody;
 use crate::route::{normalize_path, Route, RouteMatch};
 
@@ -228,6 +228,7 @@ impl<'b> Plain<'b> {
                     return None;
                 }
             } else if SENT_TO_HYPER.iter().any(|n| is(n))
+                || HOP_BY_HOP.iter().any(|h| is(h.as_str()))
                 || (cookie_tokens && is("cookie"))
                 || rt.identity.owns(name)
             {
@@ -252,20 +253,13 @@ impl<'b> Plain<'b> {
     }
 }
 
-/// Client headers whose handling is the general path's: bodies and their
-/// framing, upgrades, hop-by-hop headers, forwarding headers (the rules for
-/// trusted proxies), DPoP proofs, and what hyper itself answers.
+/// Client headers whose handling is the general path's, besides the
+/// hop-by-hop ones (`proxy::headers::HOP_BY_HOP`): bodies and what hyper
+/// answers for them, forwarding headers (the rules for trusted proxies), and
+/// DPoP proofs.
 const SENT_TO_HYPER: &[&str] = &[
     "content-length",
-    "transfer-encoding",
     "expect",
-    "upgrade",
-    "te",
-    "trailer",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
@@ -448,16 +442,16 @@ async fn forward(
         {
             continue;
         }
-        line(&mut head, f.name.as_bytes(), f.value);
+        write_field(&mut head, f.name.as_bytes(), f.value);
     }
     for (name, value) in identity {
-        line(&mut head, name.as_str().as_bytes(), value.as_bytes());
+        write_field(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
-    line(&mut head, b"x-forwarded-for", conn.forwarded_for.as_bytes());
+    write_field(&mut head, b"x-forwarded-for", conn.forwarded_for.as_bytes());
     let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
-    line(&mut head, b"x-forwarded-proto", proto);
-    line(&mut head, b"x-forwarded-host", req.host.as_bytes());
-    line(&mut head, b"x-request-id", ctx.request_id.as_bytes());
+    write_field(&mut head, b"x-forwarded-proto", proto);
+    write_field(&mut head, b"x-forwarded-host", req.host.as_bytes());
+    write_field(&mut head, b"x-request-id", ctx.request_id.as_bytes());
     head.extend_from_slice(b"\r\n");
 
     let head_request = req.method == Method::HEAD;
@@ -476,13 +470,6 @@ async fn forward(
     Ok(resp)
 }
 
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Writes the response (hop-by-hop headers out, the request id in, a body
 /// of unknown length chunked); false when the client connection failed.
 async fn write_response<T, B>(
@@ -499,7 +486,7 @@ where
     let (mut parts, mut body) = resp.into_parts();
     let status = parts.status;
     remove_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(&X_REQUEST_ID);
+    parts.headers.remove(&pipeline::X_REQUEST_ID);
     let no_content = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -522,12 +509,12 @@ where
     if !parts.headers.contains_key(header::DATE) {
         write_date(out);
     }
-    line(out, b"x-request-id", ctx.request_id.as_bytes());
+    write_field(out, b"x-request-id", ctx.request_id.as_bytes());
     if req.close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     if let Some(n) = exact {
-        line(
+        write_field(
             out,
             b"content-length",
             itoa::Buffer::new().format(n).as_bytes(),
@@ -596,11 +583,9 @@ fn write_date(out: &mut Vec<u8>) {
             let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now);
             *d = (now, httpdate::fmt_http_date(at));
         }
-        line(out, b"date", d.1.as_bytes());
+        write_field(out, b"date", d.1.as_bytes());
     });
 }
-
-static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 pin_project_lite::pin_project! {
     /// A connection's IO with bytes already read from it in front: what the
